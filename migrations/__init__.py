@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way loraq's schema changes (``loraq db upgrade``)."""

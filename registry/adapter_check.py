@@ -1,0 +1,245 @@
+"""Validate a PEFT LoRA against the base model before anything serves it.
+
+Torch-free on purpose (the gateway runs it at registration): safetensors
+headers are JSON, so shapes are checked from headers alone and values are
+read with numpy. Pickle weights (``.bin``) are never opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from registry.errors import InvalidAdapter
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
+_DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": "bf16"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What the registry records about a validated adapter version."""
+
+    path: Path
+    r: int
+    alpha: float
+    target_modules: list[str]
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def local_path(uri: str) -> Path:
+    """A local directory from a plain path or a ``file://`` URI; other schemes are refused here."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme else uri).expanduser()
+    raise InvalidAdapter(
+        f"URI scheme {parsed.scheme!r} is not supported; give a local directory or a file:// URI.",
+        code="adapter_uri_unsupported",
+    )
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorMeta], int]:
+    """Tensor name -> metadata, and the byte offset where data starts."""
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise InvalidAdapter(
+                f"{path.name} is not a safetensors file.",
+                code="adapter_weights_invalid",
+            )
+        (length,) = struct.unpack("<Q", raw)
+        if length > _MAX_HEADER:
+            raise InvalidAdapter(
+                f"{path.name} has an implausible header.",
+                code="adapter_weights_invalid",
+            )
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError as exc:
+            raise InvalidAdapter(
+                f"{path.name} is not a safetensors file.",
+                code="adapter_weights_invalid",
+            ) from exc
+    header.pop("__metadata__", None)
+    tensors = {
+        name: TensorMeta(meta["dtype"], tuple(meta["shape"]), *meta["data_offsets"])
+        for name, meta in header.items()
+    }
+    return tensors, 8 + length
+
+
+def base_weight_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every weight name -> shape of a local HF model directory (single or sharded)."""
+    index = base_dir / "model.safetensors.index.json"
+    files = (
+        sorted({base_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+        if index.exists()
+        else [base_dir / "model.safetensors"]
+    )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        tensors, _ = read_safetensors_header(file)
+        shapes.update({name: meta.shape for name, meta in tensors.items()})
+    return shapes
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise InvalidAdapter(
+            f"{path} has no {CONFIG_FILE}; save the adapter with PEFT's save_pretrained.",
+            code="adapter_config_missing",
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise InvalidAdapter(
+            f"{CONFIG_FILE} is not valid JSON: {exc}", code="adapter_config_invalid"
+        ) from exc
+    if not isinstance(cfg, dict):
+        raise InvalidAdapter(f"{CONFIG_FILE} must be a JSON object.", code="adapter_config_invalid")
+    return cfg
+
+
+def _check_config(cfg: dict[str, Any]) -> None:
+    if cfg.get("peft_type") != "LORA":
+        raise InvalidAdapter(
+            f"peft_type {cfg.get('peft_type')!r} is not served; loraq serves LoRA adapters only.",
+            code="adapter_type_unsupported",
+        )
+    if cfg.get("use_dora"):
+        raise InvalidAdapter(
+            "DoRA adapters cannot be served in mixed batches; retrain without use_dora.",
+            code="adapter_dora_unsupported",
+        )
+    if cfg.get("modules_to_save"):
+        raise InvalidAdapter(
+            "modules_to_save changes base weights per adapter and cannot be batched; "
+            "retrain with LoRA on those modules instead.",
+            code="adapter_modules_to_save_unsupported",
+        )
+
+
+def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Check every LoRA pair against its base weight; return module -> rank."""
+    ranks: dict[str, int] = {}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, meta in tensors.items():
+        match = _LORA_KEY.match(name)
+        if match is None:
+            raise InvalidAdapter(
+                f"tensor {name!r} is not a LoRA A/B weight; only plain LoRA is served.",
+                code="adapter_weights_invalid",
+            )
+        if meta.dtype not in _DTYPES:
+            raise InvalidAdapter(
+                f"tensor {name!r} has dtype {meta.dtype}; use F32, F16 or BF16.",
+                code="adapter_dtype_unsupported",
+            )
+        pairs.setdefault(match["module"], {})[match["side"]] = meta.shape
+    for module, sides in sorted(pairs.items()):
+        base_shape = base.get(f"{module}.weight")
+        if base_shape is None:
+            raise InvalidAdapter(
+                f"module {module!r} does not exist in the base model; is this an adapter of another base?",
+                code="adapter_base_mismatch",
+            )
+        a, b = sides.get("A"), sides.get("B")
+        if a is None or b is None or len(a) != 2 or len(b) != 2 or len(base_shape) != 2:
+            raise InvalidAdapter(
+                f"module {module!r} lacks a 2-D lora_A/lora_B pair.",
+                code="adapter_weights_invalid",
+            )
+        out_f, in_f = base_shape
+        if a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+            raise InvalidAdapter(
+                f"module {module!r}: lora_A {list(a)} and lora_B {list(b)} do not fit the base "
+                f"weight {list(base_shape)}; the adapter was trained on another base.",
+                code="adapter_base_mismatch",
+            )
+        ranks[module] = a[0]
+    if not ranks:
+        raise InvalidAdapter("the adapter holds no LoRA weights.", code="adapter_weights_invalid")
+    return ranks
+
+
+def _check_finite(weights: Path, tensors: dict[str, TensorMeta], data_start: int) -> None:
+    with weights.open("rb") as fh:
+        for name, meta in tensors.items():
+            fh.seek(data_start + meta.start)
+            raw = fh.read(meta.end - meta.start)
+            kind = _DTYPES[meta.dtype]
+            if kind == "bf16":
+                values = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                values = np.frombuffer(raw, dtype=kind)
+            if not np.isfinite(values).all():
+                raise InvalidAdapter(
+                    f"tensor {name!r} holds NaN or infinite values.",
+                    code="adapter_weights_not_finite",
+                )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int) -> AdapterInfo:
+    """Everything the registry needs to know, or :class:`InvalidAdapter` with a code."""
+    path = local_path(uri).resolve()
+    if not path.is_dir():
+        raise InvalidAdapter(f"adapter directory {path} does not exist.", code="adapter_not_found")
+    cfg = _load_config(path)
+    _check_config(cfg)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        pickled = [p for p in PICKLE_FILES if (path / p).exists()]
+        if pickled:
+            raise InvalidAdapter(
+                f"{pickled[0]} is a pickle file and is never loaded; save with safe_serialization=True.",
+                code="adapter_pickle_refused",
+            )
+        raise InvalidAdapter(f"{path} has no {WEIGHTS_FILE}.", code="adapter_weights_missing")
+    size = weights.stat().st_size
+    if size > max_bytes:
+        raise InvalidAdapter(
+            f"adapter weights are {size} bytes, above the limit of {max_bytes} (LORAQ_MAX_ADAPTER_BYTES).",
+            code="adapter_too_large",
+        )
+    tensors, data_start = read_safetensors_header(weights)
+    ranks = _module_shapes(tensors, base_weight_shapes(base_dir))
+    _check_finite(weights, tensors, data_start)
+    leaf_modules = sorted({m.rsplit(".", 1)[-1] for m in ranks})
+    return AdapterInfo(
+        path=path,
+        r=max(ranks.values()),
+        alpha=float(cfg.get("lora_alpha", cfg.get("r", 8))),
+        target_modules=leaf_modules,
+        sha256=_sha256(weights),
+        size_bytes=size,
+    )

@@ -1,0 +1,168 @@
+"""Adapter repository: register versions, route to them, list what a tenant sees.
+
+Tenant scoping lives in :func:`visible_to` alone; every read goes through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from registry.adapter_check import AdapterInfo
+from registry.errors import Conflict, NotFound
+from registry.models import Adapter, AdapterVersion, BaseModelRow, Route, Tenant, utcnow
+from registry.routing import choose_version
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    """The version a job will run on, with what a worker needs to load it."""
+
+    adapter_id: int
+    name: str
+    version_id: int
+    version: int
+    uri: str
+    sha256: str
+
+
+def visible_to(tenant: Tenant) -> Select[tuple[Adapter]]:
+    """Adapters ``tenant`` may see and use: public ones and its own (admins see all)."""
+    query = select(Adapter)
+    if tenant.is_admin:
+        return query
+    return query.where(or_(Adapter.public.is_(True), Adapter.owner_tenant_id == tenant.id))
+
+
+def ensure_base_model(session: Session, *, name: str, path: str) -> BaseModelRow:
+    row = session.scalar(select(BaseModelRow).where(BaseModelRow.name == name))
+    if row is None:
+        row = BaseModelRow(name=name, path=path)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def register_version(
+    session: Session,
+    *,
+    name: str,
+    uri: str,
+    info: AdapterInfo,
+    base: BaseModelRow,
+    owner: Tenant,
+    public: bool,
+) -> AdapterVersion:
+    """Add a version (creating the adapter on first use) and route 100 % to it.
+
+    Canary splits are set afterwards through the routes API; registering is
+    the simple "this is now what serves" operation.
+    """
+    adapter = session.scalar(select(Adapter).where(Adapter.name == name).with_for_update())
+    if adapter is None:
+        adapter = Adapter(name=name, base_model_id=base.id, owner_tenant_id=owner.id, public=public)
+        session.add(adapter)
+        session.flush()
+    elif adapter.owner_tenant_id not in (None, owner.id) and not owner.is_admin:
+        raise Conflict(
+            f"adapter name {name!r} belongs to another tenant; choose another name.",
+            code="adapter_name_taken",
+        )
+    latest = session.scalar(
+        select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id)
+    )
+    now = utcnow()
+    version = AdapterVersion(
+        adapter_id=adapter.id,
+        version=(latest or 0) + 1,
+        uri=uri,
+        sha256=info.sha256,
+        size_bytes=info.size_bytes,
+        r=info.r,
+        alpha=info.alpha,
+        target_modules=info.target_modules,
+        status="active",
+        created_by=owner.name,
+        activated_at=now,
+    )
+    session.add(version)
+    session.flush()
+    for route in session.scalars(select(Route).where(Route.adapter_id == adapter.id)):
+        session.delete(route)
+    session.add(Route(adapter_id=adapter.id, version_id=version.id, weight=100, updated_at=now))
+    session.flush()
+    return version
+
+
+def get_visible(session: Session, *, tenant: Tenant, name: str) -> Adapter:
+    adapter = session.scalar(visible_to(tenant).where(Adapter.name == name))
+    if adapter is None:
+        raise NotFound(
+            f"adapter {name!r} does not exist; list adapters with `loraq adapters list`.",
+            code="adapter_not_found",
+        )
+    return adapter
+
+
+def resolve(session: Session, *, tenant: Tenant, name: str, routing_key: str) -> ResolvedAdapter:
+    """The version of adapter ``name`` that a job with ``routing_key`` runs on."""
+    adapter = get_visible(session, tenant=tenant, name=name)
+    legs = session.execute(
+        select(Route.version_id, Route.weight)
+        .join(AdapterVersion, AdapterVersion.id == Route.version_id)
+        .where(Route.adapter_id == adapter.id, AdapterVersion.status == "active")
+    ).all()
+    if not legs:
+        raise NotFound(
+            f"adapter {name!r} has no active version; register one.",
+            code="adapter_not_routable",
+        )
+    version = session.get(AdapterVersion, choose_version([(v, w) for v, w in legs], routing_key))
+    assert version is not None
+    return ResolvedAdapter(
+        adapter.id,
+        adapter.name,
+        version.id,
+        version.version,
+        version.uri,
+        version.sha256,
+    )
+
+
+def list_visible(session: Session, *, tenant: Tenant) -> list[Adapter]:
+    return list(session.scalars(visible_to(tenant).order_by(Adapter.name)))
+
+
+def versions_of(session: Session, adapter: Adapter) -> list[AdapterVersion]:
+    return list(
+        session.scalars(
+            select(AdapterVersion)
+            .where(AdapterVersion.adapter_id == adapter.id)
+            .order_by(AdapterVersion.version)
+        )
+    )
+
+
+def route_weights(session: Session, adapter: Adapter) -> dict[int, int]:
+    """version number -> weight percent."""
+    rows = session.execute(
+        select(AdapterVersion.version, Route.weight)
+        .join(AdapterVersion, AdapterVersion.id == Route.version_id)
+        .where(Route.adapter_id == adapter.id)
+    ).all()
+    return {v: w for v, w in rows}
+
+
+def active_adapter_names(session: Session) -> list[str]:
+    """Names with at least one routed active version: the queues workers should consume."""
+    rows = session.scalars(
+        select(Adapter.name)
+        .join(Route, Route.adapter_id == Adapter.id)
+        .join(AdapterVersion, AdapterVersion.id == Route.version_id)
+        .where(AdapterVersion.status == "active", Route.weight > 0)
+        .distinct()
+        .order_by(Adapter.name)
+    )
+    return list(rows)

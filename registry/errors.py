@@ -1,0 +1,74 @@
+"""Errors a user can cause, each with a stable code.
+
+One exception type per kind; the gateway maps ``kind`` to an HTTP status in
+one place (``gateway/errors.py``). Messages say what to do next.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    INVALID = "invalid"  # the caller sent something wrong (HTTP 400/422)
+    UNAUTHENTICATED = "unauthenticated"  # 401
+    FORBIDDEN = "forbidden"  # 403
+    NOT_FOUND = "not_found"  # 404
+    CONFLICT = "conflict"  # 409
+    TOO_LARGE = "too_large"  # 413
+    UNAVAILABLE = "unavailable"  # a dependency is down (503)
+
+
+class LoraqError(Exception):
+    """Base of every user-facing error: ``code`` is stable, ``message`` is for humans."""
+
+    kind: ErrorKind = ErrorKind.INVALID
+    code: str = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(LoraqError):
+    kind = ErrorKind.INVALID
+    code = "invalid_request"
+
+
+class InvalidAdapter(LoraqError):
+    """An adapter that cannot be served on this base (see ``registry.adapter_check``)."""
+
+    kind = ErrorKind.INVALID
+    code = "invalid_adapter"
+
+
+class Unauthenticated(LoraqError):
+    kind = ErrorKind.UNAUTHENTICATED
+    code = "invalid_api_key"
+
+
+class Forbidden(LoraqError):
+    kind = ErrorKind.FORBIDDEN
+    code = "forbidden"
+
+
+class NotFound(LoraqError):
+    kind = ErrorKind.NOT_FOUND
+    code = "not_found"
+
+
+class Conflict(LoraqError):
+    kind = ErrorKind.CONFLICT
+    code = "conflict"
+
+
+class TooLarge(LoraqError):
+    kind = ErrorKind.TOO_LARGE
+    code = "too_large"
+
+
+class Unavailable(LoraqError):
+    kind = ErrorKind.UNAVAILABLE
+    code = "unavailable"

@@ -1,0 +1,232 @@
+"""Job repository: create (idempotently), read tenant-scoped, and record
+outcomes exactly once.
+
+A terminal row is never written again: every state change is a conditional
+UPDATE on a non-terminal status, so a message delivered twice (at-least-once
+delivery) cannot record a result twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from registry.adapters import ResolvedAdapter
+from registry.errors import NotFound
+from registry.models import Adapter, AdapterVersion, Job, Tenant, utcnow
+from registry.schemas import (
+    TERMINAL_STATUSES,
+    GenerationResult,
+    JobCreate,
+    JobError,
+    JobResultView,
+    JobStatus,
+    JobView,
+    Priority,
+    TaskJob,
+)
+
+_LIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def tenant_jobs(tenant: Tenant):  # type: ignore[no-untyped-def]
+    """The one place job reads are scoped to a tenant (admins see every job)."""
+    query = (
+        select(Job, Adapter.name, AdapterVersion.version)
+        .join(Adapter, Adapter.id == Job.adapter_id)
+        .join(AdapterVersion, AdapterVersion.id == Job.version_id)
+    )
+    return query if tenant.is_admin else query.where(Job.tenant_id == tenant.id)
+
+
+def find_idempotent(session: Session, *, tenant: Tenant, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant: Tenant,
+    request: JobCreate,
+    resolved: ResolvedAdapter,
+    job_id: str,
+    priority: Priority = Priority.INTERACTIVE,
+) -> Job:
+    """Insert a queued job. An idempotency key already used by this tenant
+    returns the first job instead (the caller retried)."""
+    job = Job(
+        id=job_id,
+        tenant_id=tenant.id,
+        adapter_id=resolved.adapter_id,
+        version_id=resolved.version_id,
+        status=JobStatus.QUEUED.value,
+        priority=int(priority),
+        request=request.model_dump(mode="json"),
+        routing_key=request.routing_key,
+        idempotency_key=request.idempotency_key,
+    )
+    if request.idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        existing = find_idempotent(session, tenant=tenant, key=request.idempotency_key)
+        if existing is None:
+            raise
+        return existing
+    return job
+
+
+def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate) -> TaskJob:
+    return TaskJob(
+        job_id=job.id,
+        adapter=resolved.name,
+        version_id=resolved.version_id,
+        version=resolved.version,
+        uri=resolved.uri,
+        sha256=resolved.sha256,
+        prompt=request.prompt,
+        sampling=request.sampling(),
+        enqueued_at=job.created_at.timestamp(),
+    )
+
+
+def get_view(session: Session, *, tenant: Tenant, job_id: str) -> JobView:
+    row = session.execute(tenant_jobs(tenant).where(Job.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"job {job_id!r} does not exist.", code="job_not_found")
+    job, name, version = row
+    return view_of(job, adapter=name, version=version)
+
+
+def view_of(job: Job, *, adapter: str, version: int) -> JobView:
+    result = None
+    if job.status == JobStatus.SUCCEEDED and job.finish_reason is not None:
+        result = JobResultView(
+            text=job.text or "",
+            finish_reason=job.finish_reason,  # type: ignore[arg-type]
+            prompt_tokens=job.prompt_tokens or 0,
+            completion_tokens=job.completion_tokens or 0,
+        )
+    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobView(
+        id=job.id,
+        status=JobStatus(job.status),
+        adapter=adapter,
+        version=version,
+        priority=job.priority,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        worker=job.worker,
+        queue_wait_s=job.queue_wait_s,
+        run_time_s=job.run_time_s,
+        result=result,
+        error=error,
+    )
+
+
+def fail_unpublished(session: Session, *, job_id: str, message: str) -> None:
+    """Mark a job whose message could not be published, so it is never left dangling."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+        .values(
+            status=JobStatus.FAILED.value,
+            error_code="queue_unavailable",
+            error_message=message,
+            finished_at=utcnow(),
+        )
+    )
+
+
+def start(session: Session, *, job_ids: list[str], worker: str) -> set[str]:
+    """Mark jobs running and count the attempt; returns the ids still worth running
+    (a job already terminal — done by another delivery or cancelled — is skipped)."""
+    live = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(_LIVE))))
+    if live:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(live), Job.status.in_(_LIVE))
+            .values(
+                status=JobStatus.RUNNING.value,
+                attempts=Job.attempts + 1,
+                worker=worker,
+                started_at=utcnow(),
+            ),
+            execution_options={"synchronize_session": False},
+        )
+    return live
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job as a worker reports it: a result or an error."""
+
+    job_id: str
+    worker: str
+    queue_wait_s: float
+    run_time_s: float
+    finished_at: datetime
+    result: GenerationResult | None = None
+    error: JobError | None = None
+
+
+def record(session: Session, outcomes: list[Outcome]) -> None:
+    """Write outcomes in bulk; rows already terminal are left untouched."""
+    if not outcomes:
+        return
+    stmt = (
+        update(Job.__table__)  # type: ignore[arg-type]
+        .where(Job.__table__.c.id == bindparam("b_id"), Job.__table__.c.status.in_(_LIVE))
+        .values(
+            status=bindparam("b_status"),
+            text=bindparam("b_text"),
+            finish_reason=bindparam("b_finish"),
+            prompt_tokens=bindparam("b_ptok"),
+            completion_tokens=bindparam("b_ctok"),
+            error_code=bindparam("b_ecode"),
+            error_message=bindparam("b_emsg"),
+            worker=bindparam("b_worker"),
+            queue_wait_s=bindparam("b_wait"),
+            run_time_s=bindparam("b_run"),
+            finished_at=bindparam("b_fin"),
+        )
+    )
+    params = []
+    for o in outcomes:
+        r, e = o.result, o.error
+        params.append(
+            {
+                "b_id": o.job_id,
+                "b_status": (JobStatus.SUCCEEDED if r else JobStatus.FAILED).value,
+                "b_text": r.text if r else None,
+                "b_finish": r.finish_reason.value if r else None,
+                "b_ptok": r.prompt_tokens if r else None,
+                "b_ctok": r.completion_tokens if r else None,
+                "b_ecode": e.code if e else None,
+                "b_emsg": e.message if e else None,
+                "b_worker": o.worker,
+                "b_wait": o.queue_wait_s,
+                "b_run": o.run_time_s,
+                "b_fin": o.finished_at,
+            }
+        )
+    session.connection().execute(stmt, params)
+
+
+def is_terminal(status: str) -> bool:
+    return status in {s.value for s in TERMINAL_STATUSES}

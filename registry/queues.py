@@ -1,0 +1,19 @@
+"""Names shared by the gateway (publisher) and the workers (consumers).
+
+One Celery queue per adapter name, so Flower and ``redis-cli LLEN`` show each
+adapter's backlog, and a worker chooses what to pull by choosing queues.
+"""
+
+from __future__ import annotations
+
+QUEUE_PREFIX = "lora."  # queue of adapter NAME is "lora.NAME"
+RUN_JOB_TASK = "loraq.run_job"  # the task that runs one job; its task id is the job id
+
+
+def queue_name(adapter: str) -> str:
+    return f"{QUEUE_PREFIX}{adapter}"
+
+
+def adapter_of_queue(queue: str) -> str | None:
+    """The adapter name a queue serves, or ``None`` for a queue that is not ours."""
+    return queue[len(QUEUE_PREFIX) :] if queue.startswith(QUEUE_PREFIX) else None

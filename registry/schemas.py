@@ -1,0 +1,190 @@
+"""The schema of a job, shared by gateway and workers (DESIGN.md "Data flow").
+
+Requests are validated here once; the worker receives :class:`TaskJob` in the
+Celery message and answers with :class:`GenerationResult`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+AdapterName = Annotated[
+    str,
+    Field(
+        pattern=ADAPTER_NAME_PATTERN,
+        description="Lowercase letters, digits, '-' and '_', at most 63; names the queue lora.<name>.",
+    ),
+]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end of sequence or a stop string
+    LENGTH = "length"  # max_tokens reached
+
+
+class Priority(IntEnum):
+    """Celery priorities on Redis: a lower number is served first.
+
+    Values sit on kombu's default Redis priority steps (0, 3, 6, 9).
+    """
+
+    INTERACTIVE = 0
+    BULK = 6
+    SHADOW = 9
+
+
+class SamplingParams(BaseModel):
+    """Per-row sampling. ``temperature == 0`` means greedy (the default: batch
+    work is usually wanted reproducible)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(default=64, ge=1, description="Upper bound on generated tokens.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=4, description="Up to 4 stop strings.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [value]
+        return [] if value is None else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_non_empty(cls, value: list[str]) -> list[str]:
+        if any(not s or len(s) > 64 for s in value):
+            raise ValueError("each stop string must be 1 to 64 characters")
+        return value
+
+
+class JobCreate(SamplingParams):
+    """Body of ``POST /v1/jobs``."""
+
+    adapter: AdapterName
+    prompt: str = Field(min_length=1)
+    routing_key: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Keeps one user on one adapter version.",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        max_length=256,
+        description="A retried submit with the same key returns the same job.",
+    )
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams.model_validate(self.model_dump(include=set(SamplingParams.model_fields)))
+
+
+class TaskJob(BaseModel):
+    """What a Celery message carries for one job: enough to run without a DB read."""
+
+    job_id: str
+    adapter: str
+    version_id: int
+    version: int
+    uri: str
+    sha256: str
+    prompt: str
+    sampling: SamplingParams
+    enqueued_at: float  # epoch seconds, for queue wait
+
+
+class GenerationResult(BaseModel):
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class JobResultView(GenerationResult):
+    pass
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobView(BaseModel):
+    """Body of ``GET /v1/jobs/{id}``."""
+
+    id: str
+    object: str = "job"
+    status: JobStatus
+    adapter: str
+    version: int
+    priority: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    worker: str | None = None
+    queue_wait_s: float | None = None
+    run_time_s: float | None = None
+    result: JobResultView | None = None
+    error: JobError | None = None
+
+
+class JobAccepted(BaseModel):
+    id: str
+    object: str = "job"
+    status: JobStatus
+    adapter: str
+    version: int
+
+
+class AdapterCreate(BaseModel):
+    """Body of ``POST /v1/adapters`` (admin)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: AdapterName
+    uri: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Local directory or file:// URI of a PEFT LoRA.",
+    )
+    public: bool = Field(default=True, description="Public adapters are usable by every tenant.")
+
+
+class AdapterVersionView(BaseModel):
+    version: int
+    status: str
+    uri: str
+    sha256: str
+    size_bytes: int
+    r: int
+    alpha: float
+    target_modules: list[str]
+    created_at: datetime
+
+
+class AdapterView(BaseModel):
+    name: str
+    object: str = "adapter"
+    public: bool
+    owner: str | None
+    queue: str
+    routes: dict[int, int]  # version -> weight (percent)
+    versions: list[AdapterVersionView]

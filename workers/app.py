@@ -1,0 +1,79 @@
+"""The worker's composition root: ``celery -A workers.app worker -P threads``.
+
+Reads :class:`WorkerSettings` from the environment once, builds the Celery
+app, and loads the engine when the worker starts (not on the first job), so
+a started worker is a warm worker. Use the threads pool: the engine and its
+batching thread live in the worker process, shared by every task thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import celeryd_after_setup
+
+from registry.adapters import active_adapter_names
+from registry.db import engine_from_settings, session_factory
+from workers.celery_app import make_celery
+from workers.queue_consumer import make_queue_refresher
+from workers.runtime import Runtime
+from workers.settings import WorkerSettings
+from workers.tasks import register_tasks
+
+log = logging.getLogger("loraq.worker")
+
+settings = WorkerSettings()
+app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+app.conf.update(worker_pool="threads", worker_concurrency=settings.max_batch_rows)
+sessions = session_factory(engine_from_settings(settings.db))
+
+
+class _RuntimeHolder:
+    """Builds the runtime once per process, at start-up or on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+
+    def start(self, worker_name: str) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                from workers.engine_peft import PeftGenerator  # torch only in the worker
+
+                generator = PeftGenerator(
+                    base_model=settings.base_model,
+                    device=settings.device,
+                    dtype=settings.dtype,
+                    max_loras=settings.max_loras,
+                )
+                log.warning("%s", generator.describe())
+                self._runtime = Runtime(
+                    generator=generator,
+                    sessions=sessions,
+                    worker_name=worker_name,
+                    max_rows=settings.max_batch_rows,
+                    wait_s=settings.batch_wait_ms / 1000,
+                )
+            return self._runtime
+
+    def get(self) -> Runtime:
+        return self._runtime or self.start(app.conf.get("worker_name") or "worker")
+
+
+runtime = _RuntimeHolder()
+register_tasks(app, runtime.get)
+
+
+def _wanted() -> list[str]:
+    with sessions() as session:
+        return active_adapter_names(session)
+
+
+app.steps["consumer"].add(make_queue_refresher(_wanted, settings.queue_refresh_s))
+
+
+@celeryd_after_setup.connect
+def _load_engine(sender: str, instance: Any, **_: Any) -> None:
+    runtime.start(sender)

@@ -1,0 +1,166 @@
+"""Generation with PEFT's mixed-adapter ``generate(adapter_names=...)``.
+
+The foundation engine (and the baseline the fast engine is measured
+against): the base model stays resident, adapters are loaded into one
+``PeftModel`` by version key and evicted least-recently-used beyond
+``max_loras``. Rows with equal sampling settings share one ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from registry.adapter_check import WEIGHTS_FILE, local_path
+from registry.schemas import GenerationResult, SamplingParams
+from workers.decoding import finish_row
+from workers.errors import AdapterLoadFailed, PromptTooLong
+from workers.generation import AdapterRef, GenRequest
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+
+def sampling_group(req: GenRequest) -> tuple[object, ...]:
+    """Rows that may share one generate call. Seeded sampling runs alone so
+    its output does not depend on its batch-mates."""
+    s = req.sampling
+    if s.temperature == 0:
+        return ("greedy",)
+    if s.seed is not None:
+        return ("seeded", req.job_id)
+    return ("sample", s.temperature, s.top_p)
+
+
+class PeftGenerator:
+    def __init__(self, *, base_model: Path, device: str, dtype: str, max_loras: int) -> None:
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.max_loras = max_loras
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(base_model, dtype=self.dtype)
+        self.base = base.to(self.device).eval()
+        self.name = base_model.name
+        self.model: PeftModel | None = None
+        self.resident: OrderedDict[str, None] = OrderedDict()  # LRU order of adapter keys
+        eos = self.base.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.max_positions = int(getattr(self.base.config, "max_position_embeddings", 2048))
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.base.parameters())
+        size = sum(p.numel() * p.element_size() for p in self.base.parameters())
+        return (
+            f"PEFT engine: {self.name} on {self.device} ({self.dtype}), {params / 1e6:.2f}M params, "
+            f"{size / 2**20:.1f} MiB weights, max_loras={self.max_loras}"
+        )
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenerationResult]:
+        results: dict[int, GenerationResult] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(sampling_group(req), []).append(i)
+        for indices in groups.values():
+            for chunk in self._adapter_chunks([requests[i] for i in indices], indices):
+                rows = [requests[i] for i in chunk]
+                results.update(zip(chunk, self._generate_group(rows), strict=True))
+        return [results[i] for i in range(len(requests))]
+
+    def _adapter_chunks(self, rows: list[GenRequest], indices: list[int]) -> list[list[int]]:
+        """Split so that no chunk needs more adapters than fit at once."""
+        chunks: list[list[int]] = []
+        keys: list[set[str]] = []
+        for req, i in zip(rows, indices, strict=True):
+            key = req.adapter.key if req.adapter else BASE_ADAPTER
+            for chunk, seen in zip(chunks, keys, strict=True):
+                if key in seen or len(seen - {BASE_ADAPTER}) < self.max_loras:
+                    chunk.append(i)
+                    seen.add(key)
+                    break
+            else:
+                chunks.append([i])
+                keys.append({key})
+        return chunks
+
+    def _ensure_resident(self, refs: dict[str, AdapterRef]) -> None:
+        for key, ref in refs.items():
+            if key in self.resident:
+                self.resident.move_to_end(key)
+                continue
+            self._evict_for(set(refs))
+            self._load(ref)
+            self.resident[key] = None
+
+    def _evict_for(self, needed: set[str]) -> None:
+        while len(self.resident) >= self.max_loras:
+            victim = next((k for k in self.resident if k not in needed), None)
+            if victim is None or self.model is None:
+                return
+            self.model.delete_adapter(victim)
+            del self.resident[victim]
+
+    def _load(self, ref: AdapterRef) -> None:
+        path = local_path(ref.uri)
+        weights = path / WEIGHTS_FILE
+        try:
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise AdapterLoadFailed(f"cannot read adapter {ref.uri}: {exc}") from exc
+        if digest != ref.sha256:
+            raise AdapterLoadFailed(f"adapter {ref.uri} changed since registration (sha256 mismatch)")
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(self.base, path, adapter_name=ref.key)
+        else:
+            self.model.load_adapter(path, adapter_name=ref.key)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def _generate_group(self, rows: list[GenRequest]) -> list[GenerationResult]:
+        refs = {r.adapter.key: r.adapter for r in rows if r.adapter is not None}
+        self._ensure_resident(refs)
+        enc = self.tokenizer([r.prompt for r in rows], return_tensors="pt", padding=True).to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        room = self.max_positions - prompt_len
+        if room < 1:
+            raise PromptTooLong(
+                f"prompt of {prompt_len} tokens leaves no room in the model's {self.max_positions} positions"
+            )
+        sampling = rows[0].sampling
+        kwargs = self._sampling_kwargs(sampling)
+        if sampling.seed is not None and sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+        max_new = min(room, max(r.sampling.max_tokens for r in rows))
+        pad_id = self.tokenizer.pad_token_id
+        if self.model is not None:
+            names = [r.adapter.key if r.adapter else BASE_ADAPTER for r in rows]
+            out = self.model.generate(
+                **enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs
+            )
+        else:
+            out = self.base.generate(**enc, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        return [
+            finish_row(
+                out[i, prompt_len:].tolist(),
+                sampling=row.sampling,
+                eos_ids=self.eos_ids,
+                pad_id=pad_id if pad_id not in self.eos_ids else None,
+                prompt_tokens=int(lengths[i]),
+                decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            )
+            for i, row in enumerate(rows)
+        ]
+
+    @staticmethod
+    def _sampling_kwargs(s: SamplingParams) -> dict[str, object]:
+        if s.temperature == 0:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": None}

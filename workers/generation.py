@@ -1,0 +1,42 @@
+"""The small interface every generation engine implements.
+
+The foundation runs PEFT's mixed-adapter ``generate``
+(:mod:`workers.engine_peft`); the fast engine replaces it behind the same
+two methods. Torch-free so the batcher and its tests do not need torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from registry.schemas import GenerationResult, SamplingParams
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter version as the worker loads it: ``key`` is unique per version."""
+
+    key: str
+    uri: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    job_id: str
+    prompt: str
+    sampling: SamplingParams
+    adapter: AdapterRef | None  # None: the base model alone
+
+
+class Generator(Protocol):
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenerationResult]:
+        """One result per request, in order. Raises if the batch as a whole fails;
+        the caller then retries rows alone to isolate a bad one."""
+        ...
+
+    def describe(self) -> str:
+        """One line for the start-up log: model, device, dtype, memory."""
+        ...

@@ -1,0 +1,135 @@
+"""One worker process's runtime: batches of jobs -> engine -> registry.
+
+``run_batch`` is the whole life of a batch: mark jobs running (skipping those
+already terminal), generate, isolate failures row by row, record every
+outcome in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import jobs
+from registry.db import transaction
+from registry.models import utcnow
+from registry.schemas import GenerationResult, JobError, TaskJob
+from workers.batcher import Batcher
+from workers.errors import EngineError
+from workers.generation import AdapterRef, Generator, GenRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a Celery task returns: the outcome, or ``skipped`` for a job
+    already terminal (a duplicate delivery or a cancelled job)."""
+
+    job_id: str
+    status: str
+    result: GenerationResult | None = None
+    error: JobError | None = None
+
+    def as_celery_result(self) -> dict[str, object]:
+        out: dict[str, object] = {"job_id": self.job_id, "status": self.status}
+        if self.result is not None:
+            out.update(self.result.model_dump(mode="json"))
+        if self.error is not None:
+            out["error"] = self.error.model_dump()
+        return out
+
+
+def to_request(task: TaskJob) -> GenRequest:
+    return GenRequest(
+        job_id=task.job_id,
+        prompt=task.prompt,
+        sampling=task.sampling,
+        adapter=AdapterRef(key=f"v{task.version_id}", uri=task.uri, sha256=task.sha256),
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        sessions: sessionmaker[Session],
+        worker_name: str,
+        max_rows: int,
+        wait_s: float,
+    ) -> None:
+        self.generator = generator
+        self.sessions = sessions
+        self.worker_name = worker_name
+        self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(
+            self.run_batch, max_rows=max_rows, wait_s=wait_s
+        )
+
+    def run(self, task: TaskJob) -> TaskOutcome:
+        """Called from a Celery pool thread; blocks until the job's batch is done."""
+        return self.batcher.submit(task).result()
+
+    def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
+        with transaction(self.sessions) as session:
+            live = jobs.start(session, job_ids=[t.job_id for t in tasks], worker=self.worker_name)
+        runnable = [t for t in tasks if t.job_id in live]
+        started = time.time()
+        produced = self._generate_isolating(runnable)
+        finished = utcnow()
+        run_time = time.time() - started
+        outcomes = [
+            jobs.Outcome(
+                job_id=t.job_id,
+                worker=self.worker_name,
+                queue_wait_s=max(0.0, started - t.enqueued_at),
+                run_time_s=run_time,
+                finished_at=finished,
+                result=r if isinstance(r, GenerationResult) else None,
+                error=r if isinstance(r, JobError) else None,
+            )
+            for t, r in zip(runnable, produced, strict=True)
+        ]
+        with transaction(self.sessions) as session:
+            jobs.record(session, outcomes)
+        by_id = {o.job_id: o for o in outcomes}
+        log.info(
+            "batch of %d rows (%d adapters) in %.3fs",
+            len(runnable),
+            len({t.version_id for t in runnable}),
+            run_time,
+        )
+        return [self._outcome(t, by_id.get(t.job_id)) for t in tasks]
+
+    @staticmethod
+    def _outcome(task: TaskJob, outcome: jobs.Outcome | None) -> TaskOutcome:
+        if outcome is None:
+            return TaskOutcome(job_id=task.job_id, status="skipped")
+        status = "succeeded" if outcome.result is not None else "failed"
+        return TaskOutcome(job_id=task.job_id, status=status, result=outcome.result, error=outcome.error)
+
+    def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | JobError]:
+        """Run the batch; if it fails, run each row alone so one bad row fails alone."""
+        if not tasks:
+            return []
+        requests = [to_request(t) for t in tasks]
+        if len(requests) == 1:
+            return [self._generate_one(requests[0])]
+        try:
+            return list(self.generator.generate(requests))
+        except Exception:
+            log.warning("batch of %d failed; retrying rows one by one", len(requests), exc_info=True)
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, request: GenRequest) -> GenerationResult | JobError:
+        try:
+            return self.generator.generate([request])[0]
+        except EngineError as exc:
+            return JobError(code=exc.code, message=str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", request.job_id)
+            return JobError(code="engine_error", message=f"{type(exc).__name__}: {exc}")
