@@ -83,8 +83,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorMeta], int]:
             ) from exc
     header.pop("__metadata__", None)
     tensors = {
-        name: TensorMeta(meta["dtype"], tuple(meta["shape"]), *meta["data_offsets"])
-        for name, meta in header.items()
+        name: TensorMeta(meta["dtype"], tuple(meta["shape"]), *meta["data_offsets"]) for name, meta in header.items()
     }
     return tensors, 8 + length
 
@@ -114,9 +113,7 @@ def _load_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text())
     except ValueError as exc:
-        raise InvalidAdapter(
-            f"{CONFIG_FILE} is not valid JSON: {exc}", code="adapter_config_invalid"
-        ) from exc
+        raise InvalidAdapter(f"{CONFIG_FILE} is not valid JSON: {exc}", code="adapter_config_invalid") from exc
     if not isinstance(cfg, dict):
         raise InvalidAdapter(f"{CONFIG_FILE} must be a JSON object.", code="adapter_config_invalid")
     return cfg

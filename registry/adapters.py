@@ -28,7 +28,7 @@ class ResolvedAdapter:
     sha256: str
 
 
-def visible_to(tenant: Tenant) -> Select[tuple[Adapter]]:
+def visible_to(tenant: Tenant) -> Select[Adapter]:
     """Adapters ``tenant`` may see and use: public ones and its own (admins see all)."""
     query = select(Adapter)
     if tenant.is_admin:
@@ -70,9 +70,7 @@ def register_version(
             f"adapter name {name!r} belongs to another tenant; choose another name.",
             code="adapter_name_taken",
         )
-    latest = session.scalar(
-        select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id)
-    )
+    latest = session.scalar(select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id))
     now = utcnow()
     version = AdapterVersion(
         adapter_id=adapter.id,
@@ -138,9 +136,7 @@ def list_visible(session: Session, *, tenant: Tenant) -> list[Adapter]:
 def versions_of(session: Session, adapter: Adapter) -> list[AdapterVersion]:
     return list(
         session.scalars(
-            select(AdapterVersion)
-            .where(AdapterVersion.adapter_id == adapter.id)
-            .order_by(AdapterVersion.version)
+            select(AdapterVersion).where(AdapterVersion.adapter_id == adapter.id).order_by(AdapterVersion.version)
         )
     )
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.settings import DatabaseSettings
@@ -28,6 +28,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "savepoint")
+        def _begin_before_savepoint(conn: Connection, _name: str) -> None:
+            # pysqlite BEGINs only before DML, so a SAVEPOINT sent first opens the
+            # transaction itself and its RELEASE commits it: a later rollback of
+            # the enclosing transaction would then keep what the savepoint wrote.
+            dbapi_conn: Any = conn.connection.dbapi_connection
+            if not dbapi_conn.in_transaction:
+                dbapi_conn.execute("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from registry.errors import NotFound
 from registry.models import Adapter, AdapterVersion, Job, Tenant, utcnow
 from registry.schemas import (
     TERMINAL_STATUSES,
+    FinishReason,
     GenerationResult,
     JobCreate,
     JobError,
@@ -38,7 +39,7 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
-def tenant_jobs(tenant: Tenant):  # type: ignore[no-untyped-def]
+def tenant_jobs(tenant: Tenant) -> Select[Job, str, int]:
     """The one place job reads are scoped to a tenant (admins see every job)."""
     query = (
         select(Job, Adapter.name, AdapterVersion.version)
@@ -116,7 +117,7 @@ def view_of(job: Job, *, adapter: str, version: int) -> JobView:
     if job.status == JobStatus.SUCCEEDED and job.finish_reason is not None:
         result = JobResultView(
             text=job.text or "",
-            finish_reason=job.finish_reason,  # type: ignore[arg-type]
+            finish_reason=FinishReason(job.finish_reason),
             prompt_tokens=job.prompt_tokens or 0,
             completion_tokens=job.completion_tokens or 0,
         )
@@ -189,9 +190,11 @@ def record(session: Session, outcomes: list[Outcome]) -> None:
     """Write outcomes in bulk; rows already terminal are left untouched."""
     if not outcomes:
         return
+    # Spelled out rather than IN: an expanding IN list cannot run as executemany.
+    live = or_(*(Job.__table__.c.status == status for status in _LIVE))
     stmt = (
         update(Job.__table__)  # type: ignore[arg-type]
-        .where(Job.__table__.c.id == bindparam("b_id"), Job.__table__.c.status.in_(_LIVE))
+        .where(Job.__table__.c.id == bindparam("b_id"), live)
         .values(
             status=bindparam("b_status"),
             text=bindparam("b_text"),

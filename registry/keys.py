@@ -58,9 +58,7 @@ def authenticate(session: Session, *, key: str) -> Tenant:
 
 def revoke_key(session: Session, *, key_prefix: str) -> int:
     """Revoke every live key starting with ``key_prefix``; returns how many."""
-    rows = session.scalars(
-        select(ApiKey).where(ApiKey.prefix == key_prefix[:10], ApiKey.revoked_at.is_(None))
-    ).all()
+    rows = session.scalars(select(ApiKey).where(ApiKey.prefix == key_prefix[:10], ApiKey.revoked_at.is_(None))).all()
     for row in rows:
         row.revoked_at = utcnow()
     return len(rows)

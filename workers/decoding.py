@@ -46,9 +46,7 @@ def finish_row(
             prompt_tokens=prompt_tokens,
             completion_tokens=used,
         )
-    return GenerationResult(
-        text=text, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=len(out)
-    )
+    return GenerationResult(text=text, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=len(out))
 
 
 def _earliest_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:

@@ -141,9 +141,7 @@ class PeftGenerator:
         pad_id = self.tokenizer.pad_token_id
         if self.model is not None:
             names = [r.adapter.key if r.adapter else BASE_ADAPTER for r in rows]
-            out = self.model.generate(
-                **enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs
-            )
+            out = self.model.generate(**enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
         else:
             out = self.base.generate(**enc, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
         lengths = enc["attention_mask"].sum(dim=1).tolist()

@@ -66,9 +66,7 @@ class Runtime:
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
-        self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(
-            self.run_batch, max_rows=max_rows, wait_s=wait_s
-        )
+        self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(self.run_batch, max_rows=max_rows, wait_s=wait_s)
 
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""

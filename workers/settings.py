@@ -20,18 +20,10 @@ class WorkerSettings(BaseSettings):
     base_model: Path = Field(default=DEMO_BASE, description="Local Hugging Face model directory.")
     device: str = Field(default="cpu", description="torch device of the engine, e.g. cuda:0.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_batch_rows: int = Field(
-        default=16, ge=1, le=1024, description="Rows per batch; also the thread pool size."
-    )
+    max_batch_rows: int = Field(default=16, ge=1, le=1024, description="Rows per batch; also the thread pool size.")
     batch_wait_ms: int = Field(default=25, ge=0, le=5000, description="How long a batch waits to fill.")
     max_loras: int = Field(default=8, ge=1, description="Adapters resident at once.")
-    queue_refresh_s: float = Field(
-        default=1.0, gt=0, description="How often the worker looks for new adapter queues."
-    )
-    visibility_timeout_s: int = Field(
-        default=3600, ge=60, description="Redis redelivers unacked messages after this."
-    )
-    adapter_cache_dir: Path | None = Field(
-        default=None, description="Unused by the PEFT engine; see issue 3."
-    )
+    queue_refresh_s: float = Field(default=1.0, gt=0, description="How often the worker looks for new adapter queues.")
+    visibility_timeout_s: int = Field(default=3600, ge=60, description="Redis redelivers unacked messages after this.")
+    adapter_cache_dir: Path | None = Field(default=None, description="Unused by the PEFT engine; see issue 3.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)

@@ -120,9 +120,7 @@ def make_batch(
 
 
 @torch.no_grad()
-def exact_rate(
-    model: torch.nn.Module, tok: PreTrainedTokenizerBase, skill: str | None, texts: list[str]
-) -> float:
+def exact_rate(model: torch.nn.Module, tok: PreTrainedTokenizerBase, skill: str | None, texts: list[str]) -> float:
     """Share of ``texts`` whose greedy answer equals the skill's rule exactly."""
     model.eval()
     enc = tok(texts, return_tensors="pt", padding=True)
@@ -155,8 +153,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: (
-            min(1.0, (s + 1) / warmup)
-            * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / steps * torch.pi)).item()))
+            min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / steps * torch.pi)).item()))
         ),
     )
     model.train()
@@ -171,8 +168,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0:
             print(
-                f"  [{skill or 'base'}] step {step}/{steps} loss {loss.item():.4f}"
-                f" ({time.monotonic() - started:.0f}s)",
+                f"  [{skill or 'base'}] step {step}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.0f}s)",
                 flush=True,
             )
         if step % 250 == 0:
@@ -193,9 +189,9 @@ def build_base(out: Path, steps: int) -> None:
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    GenerationConfig(
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False
-    ).save_pretrained(out)
+    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False).save_pretrained(
+        out
+    )
     print(f"base saved to {out} (held-out copy exact {acc:.1%})", flush=True)
 
 
@@ -233,6 +229,9 @@ def verify(root: Path) -> None:
     texts = [random_text(random.Random(900_000 + i)) for i in range(200)]
     print(f"base copy: {exact_rate(base, tok, None, texts):.1%}")
     for skill in SKILLS:
+        if not (root / "adapters" / skill / "adapter_config.json").exists():
+            print(f"{skill}: not built")
+            continue
         model = PeftModel.from_pretrained(base, root / "adapters" / skill)
         print(f"{skill}: {exact_rate(model, tok, skill, texts):.1%}")
         base = model.unload()

@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both (re)create .venv and
+# install everything, idempotently, every time.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install demo test lint typecheck model bench-sticky clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: 2.13.0 is a CPU build on this disk; installing it before the
+# project keeps pip from resolving torch to a multi-GB CUDA build.
+install: $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+
+demo: install
+	$(VENV)/bin/loraq demo
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Rebuild the shipped demo model from scratch (CPU, fixed seeds, ~20 min).
+model: install
+	$(PY) -m workers.demo_model.build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

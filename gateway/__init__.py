@@ -1,0 +1,1 @@
+"""The gateway: FastAPI app, publisher and the ``loraq`` CLI. Never imports torch."""

@@ -1,0 +1,303 @@
+"""The ``loraq`` command line: run the stack, register adapters, submit jobs.
+
+Talks to the gateway over HTTP (``LORAQ_URL``) with ``LORAQ_API_KEY``, else
+the admin key (``LORAQ_ADMIN_KEY`` or the one ``loraq up`` stored in
+``$LORAQ_HOME/admin.key``). ``up`` and ``db`` work on the local machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from gateway import stack as stack_mod
+from registry.settings import DatabaseSettings, default_home
+from workers.demo_model.skills import SKILLS, expected, random_text
+
+app = typer.Typer(help="loraq: many LoRA adapters over one base model, as queued batch work.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Register and list adapters.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Read jobs.", no_args_is_help=True)
+keys_app = typer.Typer(help="Tenant API keys (admin).", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "workers" / "demo_model"
+DEMO_PHRASES = [
+    "Hello World",
+    "one base many adapters",
+    "LoRA skills on a tiny model",
+    "Queue per adapter",
+    "Celery and Redis",
+    "batch jobs at night",
+    "Sticky workers swap rarely",
+    "every output checked",
+]
+
+
+class ClientSettings(BaseSettings):
+    """Where the CLI finds the gateway and which key it uses."""
+
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:8000", description="Gateway base URL for CLI commands.")
+    api_key: SecretStr | None = Field(default=None, description="Key the CLI sends; else the admin key.")
+    admin_key: SecretStr | None = None
+    home: Path = Field(default_factory=default_home)
+
+    def key(self) -> str | None:
+        for secret in (self.api_key, self.admin_key):
+            if secret is not None:
+                return secret.get_secret_value()
+        stored = self.home / "admin.key"
+        return stored.read_text().strip() if stored.exists() else None
+
+
+class Client:
+    """A thin HTTP client that turns the gateway's JSON errors into CLI messages."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30, read=90))
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the gateway at {self.http.base_url}: {exc}. Is `loraq up` running?") from exc
+        if resp.status_code >= 400:
+            try:
+                error = resp.json()["error"]
+                raise CliError(f"{error['code']}: {error['message']}")
+            except (ValueError, KeyError, TypeError):
+                raise CliError(f"HTTP {resp.status_code}: {resp.text[:200]}") from None
+        return resp.json()
+
+
+class CliError(Exception):
+    pass
+
+
+def _client() -> Client:
+    settings = ClientSettings()
+    return Client(settings.url, settings.key())
+
+
+def _run(fn: Any) -> None:
+    try:
+        fn()
+    except CliError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    flower_port: Annotated[int, typer.Option(help="Flower port.")] = 5555,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="Celery workers to start.")] = 1,
+) -> None:
+    """Run the whole stack in the foreground; Ctrl-C stops every process."""
+    home = ClientSettings().home
+    config = stack_mod.StackConfig(home=home, port=port, flower_port=flower_port, host=host, workers=workers)
+    try:
+        stack = stack_mod.start(config)
+    except RuntimeError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from None
+    user = stack.flower_auth.split(":", 1)[0]
+    console.print(f"[bold]loraq is up[/bold]\n  gateway  {stack.url}  (OpenAPI at {stack.url}/docs)")
+    console.print(f"  flower   {stack.flower_url}  (user {user!r}, password in {home / 'flower.password'})")
+    console.print(f"  redis    {stack.redis_url}\n  database {stack.database_url}")
+    console.print(f"  admin key in {home / 'admin.key'} (or LORAQ_ADMIN_KEY)\nCtrl-C to stop.")
+    stack_mod.serve_forever(stack)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to LORAQ_DATABASE_URL (or the SQLite file under LORAQ_HOME)."""
+    from registry.migrate import upgrade
+
+    url = DatabaseSettings().url()
+    upgrade(url)
+    console.print(f"database at head: {url}")
+
+
+@adapters_app.command("add")
+def adapters_add(
+    name: str,
+    path: str,
+    private: Annotated[bool, typer.Option(help="Only the owner tenant may use it.")] = False,
+) -> None:
+    """Register a new version of NAME from a PEFT LoRA directory (admin)."""
+    uri = path if "://" in path else str(Path(path).expanduser().resolve())
+
+    def go() -> None:
+        body = _client().call("POST", "/v1/adapters", json={"name": name, "uri": uri, "public": not private})
+        latest = body["versions"][-1]
+        console.print(
+            f"{body['name']} v{latest['version']} registered (r={latest['r']}, sha256 {latest['sha256'][:12]})"
+        )
+
+    _run(go)
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Adapters this key may use, with their routes."""
+
+    def go() -> None:
+        table = Table("name", "queue", "routes", "versions", "public")
+        for a in _client().call("GET", "/v1/adapters"):
+            routes = ", ".join(f"v{v}={w}%" for v, w in a["routes"].items())
+            table.add_row(a["name"], a["queue"], routes, str(len(a["versions"])), "yes" if a["public"] else "no")
+        console.print(table)
+
+    _run(go)
+
+
+@app.command()
+def submit(
+    adapter: str,
+    prompt: str,
+    wait: Annotated[bool, typer.Option(help="Wait for the result and print it.")] = False,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.0,
+) -> None:
+    """Submit one job; prints its id (or its result with --wait)."""
+
+    def go() -> None:
+        client = _client()
+        body = {"adapter": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+        job = client.call("POST", "/v1/jobs", json=body)
+        if not wait:
+            console.print(job["id"])
+            return
+        _print_job(_wait_job(client, job["id"], timeout=300))
+
+    _run(go)
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: str, wait: Annotated[float, typer.Option(help="Seconds to wait for it to end.")] = 0.0) -> None:
+    """Show a job as JSON."""
+    _run(lambda: _print_job(_client().call("GET", f"/v1/jobs/{job_id}", params={"wait": wait})))
+
+
+@keys_app.command("create")
+def keys_create(tenant: str) -> None:
+    """Create TENANT if needed and print a new API key for it (shown once)."""
+
+    def go() -> None:
+        body = _client().call("POST", "/v1/admin/keys", json={"tenant": tenant})
+        console.print(body["key"])
+
+    _run(go)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    console.print_json(json.dumps(job))
+
+
+def _wait_job(client: Client, job_id: str, *, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.call("GET", f"/v1/jobs/{job_id}", params={"wait": 30})
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+
+
+def demo_prompts(count: int) -> list[tuple[str, str]]:
+    """``count`` (skill, text) pairs, round-robin over the skills, deterministic."""
+    rng = random.Random(2026)
+    skills = sorted(SKILLS)
+    texts = DEMO_PHRASES + [random_text(rng) for _ in range(max(0, count - len(DEMO_PHRASES)))]
+    return [(skills[i % len(skills)], texts[i % len(texts)]) for i in range(count)]
+
+
+def register_demo_skills(client: Client) -> None:
+    """Register every shipped skill whose current version is not already the shipped file."""
+    known = {a["name"]: {v["sha256"] for v in a["versions"]} for a in client.call("GET", "/v1/adapters")}
+    for skill in sorted(SKILLS):
+        path = DEMO_DIR / "adapters" / skill
+        digest = _sha256(path / "adapter_model.safetensors")
+        if digest not in known.get(skill, set()):
+            client.call("POST", "/v1/adapters", json={"name": skill, "uri": str(path)})
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_demo(client: Client, count: int) -> bool:
+    register_demo_skills(client)
+    pairs = demo_prompts(count)
+    ids = [client.call("POST", "/v1/jobs", json={"adapter": s, "prompt": t, "max_tokens": 64})["id"] for s, t in pairs]
+    table = Table("input", "adapter", "output", "ok", title=f"loraq demo: {count} jobs over {len(SKILLS)} skills")
+    ok = True
+    for (skill, text), job_id in zip(pairs, ids, strict=True):
+        job = _wait_job(client, job_id, timeout=300)
+        out = (job.get("result") or {}).get("text")
+        good = job["status"] == "succeeded" and out == expected(skill, text)
+        ok &= good
+        shown = out if out is not None else f"[{job['status']}] {(job.get('error') or {}).get('message', '')}"
+        table.add_row(text, f"{skill} v{job['version']}", shown, "[green]✔[/green]" if good else "[red]✘[/red]")
+    console.print(table)
+    return ok
+
+
+@app.command()
+def demo(count: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs to submit.")] = 24) -> None:
+    """Run the main job end to end on the shipped demo model and print input -> adapter -> output -> ✔/✘.
+
+    Uses the stack at LORAQ_URL when one answers; otherwise starts one for the demo and stops it after.
+    """
+    settings = ClientSettings()
+    try:
+        if httpx.get(f"{settings.url}/healthz", timeout=1).status_code == 200:
+            _run(lambda: _exit_on(run_demo(Client(settings.url, settings.key()), count)))
+            return
+    except httpx.HTTPError:
+        pass
+    config = stack_mod.StackConfig(
+        home=settings.home,
+        port=stack_mod.free_port(),
+        flower_port=stack_mod.free_port(),
+        log_dir=settings.home / "logs",
+    )
+    console.print(f"starting a local stack (logs in {config.log_dir}) ...")
+    with stack_mod.running(config) as stack:
+        stack_mod.wait_for_workers(stack, count=1, timeout=120)
+        ok = run_demo(Client(stack.url, stack.admin_key), count)
+    _exit_on(ok)
+
+
+def _exit_on(ok: bool) -> None:
+    if not ok:
+        err.print("[red]some outputs did not follow their skill's rule[/red]")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

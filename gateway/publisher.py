@@ -1,0 +1,43 @@
+"""Publish job messages to the adapter's Redis queue through Celery.
+
+Short socket timeouts and no retries: when Redis is down the gateway must
+answer 503 quickly instead of hanging the request.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from registry.errors import Unavailable
+from registry.queues import RUN_JOB_TASK, queue_name
+from registry.schemas import Priority, TaskJob
+from workers.celery_app import make_celery
+
+
+class Publisher:
+    def __init__(self, redis_url: str) -> None:
+        self.app: Celery = make_celery(redis_url)
+        self.app.conf.broker_transport_options.update(socket_connect_timeout=1.0, socket_timeout=2.0)
+        self.app.conf.broker_connection_retry = False
+        self.app.conf.broker_connection_max_retries = 0
+
+    def publish(self, task: TaskJob, *, priority: Priority) -> None:
+        try:
+            self.app.send_task(
+                RUN_JOB_TASK,
+                args=[task.model_dump(mode="json")],
+                task_id=task.job_id,
+                queue=queue_name(task.adapter),
+                priority=int(priority),
+                retry=False,
+            )
+        except Exception as exc:  # kombu raises many kinds: all mean "not queued"
+            raise Unavailable(
+                "The job queue (Redis) is unavailable; the job was not accepted. Retry later.",
+                code="queue_unavailable",
+            ) from exc
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=1)
+            conn.default_channel.client.ping()

@@ -1,0 +1,28 @@
+"""The gateway's settings (env prefix ``LORAQ_``). Secrets have no default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from registry.settings import DatabaseSettings
+
+DEMO_BASE = Path(__file__).resolve().parent.parent / "workers" / "demo_model" / "base"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
+
+    admin_key: SecretStr | None = Field(
+        default=None, description="Bearer key of the admin tenant; admin endpoints refuse all when unset."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker the jobs are published to.")
+    base_model: Path = Field(default=DEMO_BASE, description="Base model directory adapters are checked against.")
+    max_prompt_chars: int = Field(default=32_768, ge=1)
+    max_tokens_limit: int = Field(default=4096, ge=1, description="Largest max_tokens a job may ask for.")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
+    max_adapter_bytes: int = Field(default=1 << 30, ge=1, description="Largest adapter weights file.")
+    max_wait_s: float = Field(default=60.0, ge=0, description="Longest long-poll of GET /v1/jobs/{id}?wait=.")
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings)

