@@ -18,6 +18,7 @@ import typer
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from gateway import stack as stack_mod
@@ -252,8 +253,13 @@ def run_demo(client: Client, count: int) -> bool:
     ids = [client.call("POST", "/v1/jobs", json={"adapter": s, "prompt": t, "max_tokens": 64})["id"] for s, t in pairs]
     table = Table("input", "adapter", "output", "ok", title=f"loraq demo: {count} jobs over {len(SKILLS)} skills")
     ok = True
-    for (skill, text), job_id in zip(pairs, ids, strict=True):
-        job = _wait_job(client, job_id, timeout=300)
+    with Progress(console=err, transient=True) as progress:
+        done = progress.add_task("waiting for results", total=len(ids))
+        finished = []
+        for job_id in ids:
+            finished.append(_wait_job(client, job_id, timeout=300))
+            progress.advance(done)
+    for (skill, text), job in zip(pairs, finished, strict=True):
         out = (job.get("result") or {}).get("text")
         good = job["status"] == "succeeded" and out == expected(skill, text)
         ok &= good

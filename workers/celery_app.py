@@ -16,7 +16,6 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int = 3600) -> Celery:
     transport = {
         # Unacked messages come back after this; must exceed the longest job.
         "visibility_timeout": visibility_timeout_s,
-        "queue_order_strategy": "priority",
     }
     app.conf.update(
         task_serializer="json",

@@ -10,14 +10,22 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.exc import OperationalError
 
 from registry.queues import RUN_JOB_TASK
 from registry.schemas import TaskJob
 from workers.runtime import Runtime
+
+DB_RETRY_DELAY_S = 2.0
+DB_RETRIES = 150  # five minutes of database outage before the message is given up
 
 
 def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(self: Any, payload: dict[str, Any]) -> dict[str, object]:
         task = TaskJob.model_validate(payload)
-        return runtime().run(task).as_celery_result()
+        try:
+            return runtime().run(task).as_celery_result()
+        except OperationalError as exc:
+            # The registry is unreachable: put the job back rather than lose it.
+            raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import IA3Config, LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,13 +57,13 @@ def make_adapter(tmp_path: Path) -> MakeAdapter:
     def make(
         name: str = "adapter",
         *,
-        config: object = None,
+        config: PeftConfig | None = None,
         hidden: int = 32,
         safe: bool = True,
     ) -> Path:
         peft_config = config or LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False)
         out = tmp_path / name
-        get_peft_model(tiny_llama(hidden), peft_config).save_pretrained(out, safe_serialization=safe)
+        get_peft_model(tiny_llama(hidden), peft_config).save_pretrained(str(out), safe_serialization=safe)
         return out
 
     return make

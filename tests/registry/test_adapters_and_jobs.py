@@ -33,7 +33,7 @@ from registry.jobs import Outcome, create_job, fail_unpublished, get_view, new_j
 from registry.keys import ensure_tenant
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Job, Route, Tenant
 from registry.routing import choose_version
-from registry.schemas import FinishReason, GenerationResult, JobCreate, JobError, JobStatus
+from registry.schemas import FinishReason, GenerationResult, JobCreate, JobError, JobStatus, JobView
 
 ROUTING_KEYS = [f"user-{i}" for i in range(200)]
 
@@ -60,8 +60,8 @@ def world(session_factory: sessionmaker[Session]) -> World:
 
 
 @pytest.fixture
-def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One committed-on-success transaction for a test body that needs no more."""
+def db(session_factory: sessionmaker[Session], world: World) -> Iterator[Session]:
+    """One transaction (committed on success) for a test body that needs no more; opened after ``world``."""
     with transaction(session_factory) as session:
         yield session
 
@@ -81,7 +81,11 @@ def fake_info(name: str, version: int = 1) -> AdapterInfo:
 def register(
     session: Session, world: World, name: str, *, owner: Tenant | None = None, public: bool = True
 ) -> AdapterVersion:
-    existing = session.scalar(select(func.count(AdapterVersion.id)).join(Adapter).where(Adapter.name == name))
+    existing = session.scalar(
+        select(func.count(AdapterVersion.id))
+        .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
+        .where(Adapter.name == name)
+    )
     info = fake_info(name, (existing or 0) + 1)
     return register_version(
         session,
@@ -215,7 +219,7 @@ def submit(
         return job.id
 
 
-def view(session_factory: sessionmaker[Session], tenant: Tenant, job_id: str):  # type: ignore[no-untyped-def]
+def view(session_factory: sessionmaker[Session], tenant: Tenant, job_id: str) -> JobView:
     with session_factory() as session:
         return get_view(session, tenant=tenant, job_id=job_id)
 

@@ -1,0 +1,52 @@
+"""The ``loraq`` CLI against a live stack, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.stack import RunningStack
+
+pytestmark = [pytest.mark.e2e]
+
+LORAQ = str(Path(sys.executable).parent / "loraq")
+
+
+def loraq(stack: RunningStack, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
+    env.update(LORAQ_URL=stack.url, LORAQ_HOME=str(stack.home), COLUMNS="200")
+    env["LORAQ_API_KEY" if key else "LORAQ_ADMIN_KEY"] = key or stack.admin_key
+    return subprocess.run([LORAQ, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_demo_against_a_running_stack_prints_every_row_checked(loraq_stack: RunningStack) -> None:
+    done = loraq(loraq_stack, "demo", "--count", "12")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("✔") == 12
+    assert "✘" not in done.stdout
+
+
+def test_submit_wait_prints_the_result_and_a_tenant_key_works(loraq_stack: RunningStack) -> None:
+    assert loraq(loraq_stack, "demo", "--count", "4").returncode == 0  # skills registered
+    key = loraq(loraq_stack, "keys", "create", "acme").stdout.strip()
+    assert key.startswith("lq-")
+    done = loraq(loraq_stack, "submit", "rot13", "Hello", "--wait", key=key)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["result"]["text"] == "Uryyb"
+    listed = loraq(loraq_stack, "adapters", "list", key=key)
+    assert "lora.rot13" in listed.stdout
+
+
+def test_cli_errors_are_one_line_with_the_code(loraq_stack: RunningStack) -> None:
+    done = loraq(loraq_stack, "submit", "no-such-adapter", "hi")
+    assert done.returncode == 1
+    assert "adapter_not_found" in done.stderr
+    done = loraq(loraq_stack, "adapters", "add", "broken", "/nonexistent")
+    assert done.returncode == 1
+    assert "adapter_not_found" in done.stderr
