@@ -255,7 +255,7 @@ def start(config: StackConfig) -> Stack:
             [
                 py,
                 "-m",
-                "celery",
+                "gateway.flower",  # celery flower, plus the registry's adapter queues
                 f"--broker={redis_url}",
                 "flower",
                 f"--port={config.flower_port}",

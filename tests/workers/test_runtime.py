@@ -1,0 +1,82 @@
+"""A worker batch end to end inside one process: registry rows -> PEFT engine -> results.
+
+Real engine on the demo model, real registry on SQLite and PostgreSQL. The
+poison row is real too: a prompt longer than the model's positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import adapters, jobs, keys
+from registry.adapter_check import validate_adapter
+from registry.db import transaction
+from registry.models import Job
+from registry.schemas import JobCreate, TaskJob
+from workers.engine_peft import PeftGenerator
+from workers.runtime import Runtime
+
+DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
+
+
+@pytest.fixture(scope="module")
+def generator() -> PeftGenerator:
+    return PeftGenerator(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=4)
+
+
+def enqueue(sessions: sessionmaker[Session], prompts: list[str]) -> list[TaskJob]:
+    info = validate_adapter(str(DEMO / "adapters" / "upper"), base_dir=DEMO / "base", max_bytes=1 << 30)
+    tasks = []
+    with transaction(sessions) as session:
+        tenant = keys.ensure_tenant(session, name="t")
+        base = adapters.ensure_base_model(session, name="demo", path=str(DEMO / "base"))
+        adapters.register_version(
+            session, name="upper", uri=info.path.as_uri(), info=info, base=base, owner=tenant, public=True
+        )
+        for prompt in prompts:
+            request = JobCreate(adapter="upper", prompt=prompt, max_tokens=64)
+            resolved = adapters.resolve(session, tenant=tenant, name="upper", routing_key=prompt)
+            job = jobs.create_job(session, tenant=tenant, request=request, resolved=resolved, job_id=jobs.new_job_id())
+            tasks.append(jobs.task_for(job, resolved, request))
+    return tasks
+
+
+def test_poison_row_fails_alone_and_batch_mates_succeed(
+    session_factory: sessionmaker[Session], generator: PeftGenerator
+) -> None:
+    prompts = ["hello there", "x" * 400, "Mixed batch", "abc def"]
+    tasks = enqueue(session_factory, prompts)
+    runtime = Runtime(generator=generator, sessions=session_factory, worker_name="w1", max_rows=8, wait_s=0)
+    outcomes = runtime.run_batch(tasks)
+    assert [o.status for o in outcomes] == ["succeeded", "failed", "succeeded", "succeeded"]
+    assert outcomes[1].error is not None and outcomes[1].error.code == "prompt_too_long"
+    with session_factory() as session:
+        rows = {j.id: j for j in session.scalars(select(Job))}
+    for task, prompt in zip(tasks, prompts, strict=True):
+        row = rows[task.job_id]
+        assert row.attempts == 1 and row.worker == "w1"
+        if prompt.startswith("x"):
+            assert (row.status, row.error_code, row.text) == ("failed", "prompt_too_long", None)
+        else:
+            assert (row.status, row.text) == ("succeeded", prompt.upper())
+    runtime.batcher.close()
+
+
+def test_a_redelivered_batch_is_skipped_and_recorded_once(
+    session_factory: sessionmaker[Session], generator: PeftGenerator
+) -> None:
+    tasks = enqueue(session_factory, ["first", "second"])
+    runtime = Runtime(generator=generator, sessions=session_factory, worker_name="w1", max_rows=8, wait_s=0)
+    assert [o.status for o in runtime.run_batch(tasks)] == ["succeeded", "succeeded"]
+    with session_factory() as session:
+        before = [(j.id, j.text, j.finished_at, j.attempts) for j in session.scalars(select(Job).order_by(Job.id))]
+    again = [runtime.run(t) for t in tasks]  # through the batcher, as Celery threads do
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    with session_factory() as session:
+        after = [(j.id, j.text, j.finished_at, j.attempts) for j in session.scalars(select(Job).order_by(Job.id))]
+    assert after == before
+    runtime.batcher.close()
