@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from gateway import errors
-from gateway.errors import error_response
+from gateway.body_limit import BodyLimit
+from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
 from gateway.routes import adapters, health, jobs, keys
 from gateway.settings import GatewaySettings
@@ -33,20 +34,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.publisher = Publisher(settings.redis_url)
+    app.state.limits = ModelLimits.from_model_dir(settings.base_model)
     errors.install(app)
     for router in (health.router, jobs.router, adapters.router, keys.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return error_response(
-                413,
-                "request_too_large",
-                f"request body is {length} bytes; the limit is {settings.max_body_bytes} (LORAQ_MAX_BODY_BYTES).",
-                "too_large",
-            )
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

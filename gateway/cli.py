@@ -22,6 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gateway import stack as stack_mod
+from registry.adapter_check import file_sha256
 from registry.settings import DatabaseSettings, default_home
 from workers.demo_model.skills import SKILLS, expected, random_text
 
@@ -236,15 +237,9 @@ def register_demo_skills(client: Client) -> None:
     known = {a["name"]: {v["sha256"] for v in a["versions"]} for a in client.call("GET", "/v1/adapters")}
     for skill in sorted(SKILLS):
         path = DEMO_DIR / "adapters" / skill
-        digest = _sha256(path / "adapter_model.safetensors")
+        digest = file_sha256(path / "adapter_model.safetensors")
         if digest not in known.get(skill, set()):
             client.call("POST", "/v1/adapters", json={"name": skill, "uri": str(path)})
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_demo(client: Client, count: int) -> bool:

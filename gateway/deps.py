@@ -14,13 +14,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import keys
 from registry.errors import Forbidden, Unauthenticated
 from registry.models import Tenant
 
-ADMIN_TENANT = "admin"
+ADMIN_TENANT = "_admin"  # tenant names of keys cannot start with "_", so no key can join it
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -39,6 +40,11 @@ def get_session(sessions: Annotated[sessionmaker[Session], Depends(get_sessions)
         yield session
 
 
+def get_limits(request: Request) -> ModelLimits:
+    limits: ModelLimits = request.app.state.limits
+    return limits
+
+
 def get_publisher(request: Request) -> Publisher:
     publisher: Publisher = request.app.state.publisher
     return publisher
@@ -47,6 +53,7 @@ def get_publisher(request: Request) -> Publisher:
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+LimitsDep = Annotated[ModelLimits, Depends(get_limits)]
 
 
 def current_tenant(

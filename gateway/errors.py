@@ -11,7 +11,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import ErrorKind, LoraqError
@@ -64,6 +64,13 @@ async def _db_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    log.info("integrity conflict: %s", exc)
+    return error_response(
+        409, "conflict", "A concurrent request changed the same record; retry the request.", "conflict"
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     return error_response(500, "internal_error", "Unexpected server error; it has been logged.", "internal")
@@ -74,4 +81,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _db_down)
+    app.add_exception_handler(IntegrityError, _conflict)
     app.add_exception_handler(Exception, _unexpected)

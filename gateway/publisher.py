@@ -17,9 +17,12 @@ from workers.celery_app import make_celery
 class Publisher:
     def __init__(self, redis_url: str) -> None:
         self.app: Celery = make_celery(redis_url)
-        self.app.conf.broker_transport_options.update(socket_connect_timeout=1.0, socket_timeout=2.0)
+        self.app.conf.broker_transport_options.update(socket_connect_timeout=1.0, socket_timeout=2.0, max_retries=0)
         self.app.conf.broker_connection_retry = False
         self.app.conf.broker_connection_max_retries = 0
+        # The gateway never reads Celery results (the registry has them); without
+        # this, send_task would wake the result backend and its reconnect loop.
+        self.app.conf.result_backend = "disabled"
 
     def publish(self, task: TaskJob, *, priority: Priority) -> None:
         try:

@@ -106,14 +106,14 @@ class Stack:
         )
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> None:
+    def spawn(self, name: str, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
         out: IO[bytes] | None = None  # None: inherit the terminal
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.config.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             argv,
-            env=self.env(),
+            env={**self.env(), **(extra_env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
@@ -123,14 +123,13 @@ class Stack:
         return [name for name, p in self.procs.items() if p.poll() is not None]
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every child (workers finish or return their messages), then SIGKILL stragglers."""
+        """Stop children one by one, newest first, Redis last: workers finish their
+        batches and acknowledge (or give back) their messages while Redis is still up."""
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait(5)
@@ -271,8 +270,8 @@ def start(config: StackConfig) -> Stack:
                 "flower",
                 f"--port={config.flower_port}",
                 f"--address={config.host}",
-                f"--basic-auth={stack.flower_auth}",
             ],
+            extra_env={"FLOWER_BASIC_AUTH": stack.flower_auth},  # not on the command line, where ps shows it
         )
         wait_ready(config.url, timeout=60, stack=stack)
     except BaseException:

@@ -81,10 +81,16 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorMeta], int]:
                 f"{path.name} is not a safetensors file.",
                 code="adapter_weights_invalid",
             ) from exc
-    header.pop("__metadata__", None)
-    tensors = {
-        name: TensorMeta(meta["dtype"], tuple(meta["shape"]), *meta["data_offsets"]) for name, meta in header.items()
-    }
+    try:
+        header.pop("__metadata__", None)
+        tensors = {
+            name: TensorMeta(str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), *map(int, meta["data_offsets"]))
+            for name, meta in header.items()
+        }
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidAdapter(
+            f"{path.name} has a malformed safetensors header.", code="adapter_weights_invalid"
+        ) from exc
     return tensors, 8 + length
 
 
@@ -187,6 +193,9 @@ def _check_finite(weights: Path, tensors: dict[str, TensorMeta], data_start: int
             fh.seek(data_start + meta.start)
             raw = fh.read(meta.end - meta.start)
             kind = _DTYPES[meta.dtype]
+            width = 2 if kind in ("bf16", np.float16) else 4
+            if len(raw) != meta.end - meta.start or len(raw) % width or len(raw) // width != _numel(meta.shape):
+                raise InvalidAdapter(f"tensor {name!r} is truncated or mis-sized.", code="adapter_weights_invalid")
             if kind == "bf16":
                 values = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
             else:
@@ -198,7 +207,23 @@ def _check_finite(weights: Path, tensors: dict[str, TensorMeta], data_start: int
                 )
 
 
-def _sha256(path: Path) -> str:
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _alpha(cfg: dict[str, Any]) -> float:
+    try:
+        return float(cfg.get("lora_alpha", cfg.get("r", 8)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidAdapter(
+            "lora_alpha in adapter_config.json is not a number.", code="adapter_config_invalid"
+        ) from exc
+
+
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -235,8 +260,8 @@ def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int) -> AdapterInfo
     return AdapterInfo(
         path=path,
         r=max(ranks.values()),
-        alpha=float(cfg.get("lora_alpha", cfg.get("r", 8))),
+        alpha=_alpha(cfg),
         target_modules=leaf_modules,
-        sha256=_sha256(weights),
+        sha256=file_sha256(weights),
         size_bytes=size,
     )

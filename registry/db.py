@@ -39,7 +39,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
                 dbapi_conn.execute("BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A short connect timeout: an unreachable database must give a fast 503, not a hung request.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **kwargs)
 
 
 def engine_from_settings(settings: DatabaseSettings) -> Engine:

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, or_, select, update
+from sqlalchemy import Select, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,12 @@ def create_job(
     return job
 
 
+def version_number(session: Session, job: Job) -> int:
+    version = session.get(AdapterVersion, job.version_id)
+    assert version is not None  # FK
+    return version.version
+
+
 def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate) -> TaskJob:
     return TaskJob(
         job_id=job.id,
@@ -140,37 +146,49 @@ def view_of(job: Job, *, adapter: str, version: int) -> JobView:
     )
 
 
-def fail_unpublished(session: Session, *, job_id: str, message: str) -> None:
-    """Mark a job whose message could not be published, so it is never left dangling."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(
-            status=JobStatus.FAILED.value,
-            error_code="queue_unavailable",
-            error_message=message,
-            finished_at=utcnow(),
-        )
-    )
+def discard_unpublished(session: Session, *, job_id: str) -> None:
+    """Remove a job whose message could not be published: the caller got 503,
+    so nothing was accepted, and a retry with the same idempotency key must
+    create the job afresh. If the message did reach Redis after all, the
+    worker finds no live row and skips it."""
+    session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
 
 
 def start(session: Session, *, job_ids: list[str], worker: str) -> set[str]:
     """Mark jobs running and count the attempt; returns the ids still worth running
-    (a job already terminal — done by another delivery or cancelled — is skipped)."""
-    live = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(_LIVE))))
-    if live:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(live), Job.status.in_(_LIVE))
-            .values(
-                status=JobStatus.RUNNING.value,
-                attempts=Job.attempts + 1,
-                worker=worker,
-                started_at=utcnow(),
-            ),
-            execution_options={"synchronize_session": False},
+    (a job already terminal — done by another delivery or cancelled — is skipped).
+
+    One ``UPDATE ... RETURNING`` so the check and the change are one statement.
+    """
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.in_(_LIVE))
+        .values(status=JobStatus.RUNNING.value, attempts=Job.attempts + 1, worker=worker, started_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(session.scalars(stmt))
+
+
+def outcomes_of(session: Session, job_ids: list[str]) -> dict[str, tuple[str, str | None, str | None]]:
+    """What the registry holds for these jobs: id -> (status, text, error code).
+
+    Workers report this, not what they computed, so a duplicate delivery
+    never tells Celery a result other than the recorded one.
+    """
+    rows = session.execute(select(Job.id, Job.status, Job.text, Job.error_code).where(Job.id.in_(job_ids)))
+    return {job_id: (status, text, code) for job_id, status, text, code in rows}
+
+
+def fail_one(session: Session, *, job_id: str, worker: str, code: str, message: str) -> None:
+    """Record a job as failed when the worker could not run it at all (exactly once)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_LIVE))
+        .values(
+            status=JobStatus.FAILED.value, error_code=code, error_message=message, worker=worker, finished_at=utcnow()
         )
-    return live
+    )
 
 
 @dataclass(frozen=True)

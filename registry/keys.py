@@ -11,6 +11,7 @@ import hmac
 import secrets
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry.errors import Unauthenticated
@@ -29,10 +30,15 @@ def new_key() -> str:
 
 def ensure_tenant(session: Session, *, name: str, is_admin: bool = False) -> Tenant:
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
-    if tenant is None:
-        tenant = Tenant(name=name, is_admin=is_admin)
-        session.add(tenant)
-        session.flush()
+    if tenant is not None:
+        return tenant
+    try:
+        with session.begin_nested():  # a concurrent first request may create it too
+            tenant = Tenant(name=name, is_admin=is_admin)
+            session.add(tenant)
+    except IntegrityError:
+        tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+        assert tenant is not None
     return tenant
 
 

@@ -71,8 +71,8 @@ class SamplingParams(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_non_empty(cls, value: list[str]) -> list[str]:
-        if any(not s or len(s) > 64 for s in value):
-            raise ValueError("each stop string must be 1 to 64 characters")
+        if any(not s or len(s) > 64 or "\x00" in s for s in value):
+            raise ValueError("each stop string must be 1 to 64 characters, without NUL")
         return value
 
 
@@ -91,6 +91,13 @@ class JobCreate(SamplingParams):
         max_length=256,
         description="A retried submit with the same key returns the same job.",
     )
+
+    @field_validator("prompt", "routing_key", "idempotency_key")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
 
     def sampling(self) -> SamplingParams:
         return SamplingParams.model_validate(self.model_dump(include=set(SamplingParams.model_fields)))
@@ -171,7 +178,7 @@ class AdapterCreate(BaseModel):
 class AdapterVersionView(BaseModel):
     version: int
     status: str
-    uri: str
+    uri: str | None  # shown to admins only: it names paths on the server
     sha256: str
     size_bytes: int
     r: int

@@ -9,6 +9,7 @@ batching thread live in the worker process, shared by every task thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -76,4 +77,10 @@ app.steps["consumer"].add(make_queue_refresher(_wanted, settings.queue_refresh_s
 
 @celeryd_after_setup.connect
 def _load_engine(sender: str, instance: Any, **_: Any) -> None:
-    runtime.start(sender)
+    """Load the engine before consuming; a worker that cannot load it exits
+    (Celery would only log the error and then fail every job)."""
+    try:
+        runtime.start(sender)
+    except Exception:
+        log.critical("cannot load the engine; the worker exits", exc_info=True)
+        os._exit(3)

@@ -128,30 +128,32 @@ class PeftGenerator:
         self._ensure_resident(refs)
         enc = self.tokenizer([r.prompt for r in rows], return_tensors="pt", padding=True).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
-        room = self.max_positions - prompt_len
-        if room < 1:
+        lengths = [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()]
+        # Left padding: each row's positions start at 0, so its room is its own.
+        rooms = [self.max_positions - n for n in lengths]
+        if min(rooms) < 1:
             raise PromptTooLong(
-                f"prompt of {prompt_len} tokens leaves no room in the model's {self.max_positions} positions"
+                f"prompt of {max(lengths)} tokens leaves no room in the model's {self.max_positions} positions"
             )
+        caps = [min(r.sampling.max_tokens, room) for r, room in zip(rows, rooms, strict=True)]
         sampling = rows[0].sampling
         kwargs = self._sampling_kwargs(sampling)
         if sampling.seed is not None and sampling.temperature > 0:
             torch.manual_seed(sampling.seed)
-        max_new = min(room, max(r.sampling.max_tokens for r in rows))
+        max_new = max(caps)
         pad_id = self.tokenizer.pad_token_id
         if self.model is not None:
             names = [r.adapter.key if r.adapter else BASE_ADAPTER for r in rows]
             out = self.model.generate(**enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
         else:
             out = self.base.generate(**enc, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
-        lengths = enc["attention_mask"].sum(dim=1).tolist()
         return [
             finish_row(
                 out[i, prompt_len:].tolist(),
-                sampling=row.sampling,
+                sampling=row.sampling.model_copy(update={"max_tokens": caps[i]}),
                 eos_ids=self.eos_ids,
                 pad_id=pad_id if pad_id not in self.eos_ids else None,
-                prompt_tokens=int(lengths[i]),
+                prompt_tokens=lengths[i],
                 decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
             )
             for i, row in enumerate(rows)

@@ -44,6 +44,13 @@ class TaskOutcome:
         return out
 
 
+def recordable(result: GenerationResult) -> GenerationResult:
+    """Text every database can store: NUL (which PostgreSQL text refuses) becomes U+FFFD."""
+    if "\x00" not in result.text:
+        return result
+    return result.model_copy(update={"text": result.text.replace("\x00", "\ufffd")})
+
+
 def to_request(task: TaskJob) -> GenRequest:
     return GenRequest(
         job_id=task.job_id,
@@ -87,28 +94,42 @@ class Runtime:
                 queue_wait_s=max(0.0, started - t.enqueued_at),
                 run_time_s=run_time,
                 finished_at=finished,
-                result=r if isinstance(r, GenerationResult) else None,
+                result=recordable(r) if isinstance(r, GenerationResult) else None,
                 error=r if isinstance(r, JobError) else None,
             )
             for t, r in zip(runnable, produced, strict=True)
         ]
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
-        by_id = {o.job_id: o for o in outcomes}
+            truth = jobs.outcomes_of(session, [t.job_id for t in tasks])
         log.info(
             "batch of %d rows (%d adapters) in %.3fs",
             len(runnable),
             len({t.version_id for t in runnable}),
             run_time,
         )
-        return [self._outcome(t, by_id.get(t.job_id)) for t in tasks]
+        by_id = {o.job_id: o for o in outcomes}
+        return [self._outcome(t.job_id, by_id.get(t.job_id), truth.get(t.job_id)) for t in tasks]
+
+    def fail(self, job_id: str, *, code: str, message: str) -> TaskOutcome:
+        """Record a job the worker could not run at all (bad message, internal error)."""
+        with transaction(self.sessions) as session:
+            jobs.fail_one(session, job_id=job_id, worker=self.worker_name, code=code, message=message)
+        return TaskOutcome(job_id=job_id, status="failed", error=JobError(code=code, message=message))
 
     @staticmethod
-    def _outcome(task: TaskJob, outcome: jobs.Outcome | None) -> TaskOutcome:
-        if outcome is None:
-            return TaskOutcome(job_id=task.job_id, status="skipped")
-        status = "succeeded" if outcome.result is not None else "failed"
-        return TaskOutcome(job_id=task.job_id, status=status, result=outcome.result, error=outcome.error)
+    def _outcome(
+        job_id: str, mine: jobs.Outcome | None, truth: tuple[str, str | None, str | None] | None
+    ) -> TaskOutcome:
+        """Report what the registry recorded; ``skipped`` when this delivery did not run the job."""
+        if mine is None or truth is None:
+            return TaskOutcome(job_id=job_id, status="skipped")
+        status, text, _ = truth
+        if mine.result is not None and text == mine.result.text and status == "succeeded":
+            return TaskOutcome(job_id=job_id, status=status, result=mine.result)
+        if mine.error is not None and status == "failed":
+            return TaskOutcome(job_id=job_id, status=status, error=mine.error)
+        return TaskOutcome(job_id=job_id, status="duplicate")  # another delivery recorded first
 
     def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | JobError]:
         """Run the batch; if it fails, run each row alone so one bad row fails alone."""

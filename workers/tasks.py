@@ -6,6 +6,7 @@ Task id = job id. The message is acknowledged after the result is recorded
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,8 @@ from registry.queues import RUN_JOB_TASK
 from registry.schemas import TaskJob
 from workers.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 DB_RETRY_DELAY_S = 2.0
 DB_RETRIES = 150  # five minutes of database outage before the message is given up
 
@@ -23,9 +26,16 @@ DB_RETRIES = 150  # five minutes of database outage before the message is given 
 def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(self: Any, payload: dict[str, Any]) -> dict[str, object]:
-        task = TaskJob.model_validate(payload)
+        job_id: str = self.request.id
         try:
+            task = TaskJob.model_validate(payload)
             return runtime().run(task).as_celery_result()
         except OperationalError as exc:
             # The registry is unreachable: put the job back rather than lose it.
             raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
+        except Exception as exc:
+            # Anything else would be acknowledged with the row left live forever:
+            # record the failure on the job (exactly once) and report it.
+            log.exception("job %s failed in the worker", job_id)
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            return runtime().fail(job_id, code="worker_error", message=message).as_celery_result()

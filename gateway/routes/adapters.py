@@ -27,7 +27,7 @@ def base_model_name(path: Path) -> str:
     return str(name or path.name)
 
 
-def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str]) -> AdapterView:
+def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str], *, viewer: Tenant) -> AdapterView:
     versions = adapters.versions_of(session, adapter)
     return AdapterView(
         name=adapter.name,
@@ -39,7 +39,7 @@ def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str]) -> Adap
             AdapterVersionView(
                 version=v.version,
                 status=v.status,
-                uri=v.uri,
+                uri=v.uri if viewer.is_admin else None,
                 sha256=v.sha256,
                 size_bytes=v.size_bytes,
                 r=v.r,
@@ -77,11 +77,11 @@ def register_adapter(
         )
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=body.name)
-        return _view(session, adapter, _owner_names(session))
+        return _view(session, adapter, _owner_names(session), viewer=admin)
 
 
 @router.get("", response_model=list[AdapterView])
 def list_adapters(tenant: CurrentTenant, session: SessionDep) -> list[AdapterView]:
     with session.begin():
         owners = _owner_names(session)
-        return [_view(session, a, owners) for a in adapters.list_visible(session, tenant=tenant)]
+        return [_view(session, a, owners, viewer=tenant) for a in adapters.list_visible(session, tenant=tenant)]

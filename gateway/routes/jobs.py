@@ -8,28 +8,12 @@ import time
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from gateway.deps import CurrentTenant, PublisherDep, SessionDep, SettingsDep
+from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SettingsDep
+from gateway.limits import check_job
 from registry import adapters, jobs
-from registry.errors import InvalidRequest, TooLarge
 from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def check_limits(body: JobCreate, *, max_prompt_chars: int, max_tokens_limit: int) -> None:
-    """Limits that depend on settings (the schema checks the rest)."""
-    if not body.prompt.strip():
-        raise InvalidRequest("prompt is empty; send the text to generate from.", code="prompt_empty")
-    if len(body.prompt) > max_prompt_chars:
-        raise TooLarge(
-            f"prompt has {len(body.prompt)} characters; the limit is {max_prompt_chars} (LORAQ_MAX_PROMPT_CHARS).",
-            code="prompt_too_long",
-        )
-    if body.max_tokens > max_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens {body.max_tokens} is above the limit of {max_tokens_limit} (LORAQ_MAX_TOKENS_LIMIT).",
-            code="max_tokens_out_of_range",
-        )
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
@@ -39,24 +23,31 @@ def submit_job(
     session: SessionDep,
     settings: SettingsDep,
     publisher: PublisherDep,
+    limits: LimitsDep,
 ) -> JobAccepted:
     """Record the job, then publish it to ``lora.<adapter>``. A job whose
-    message cannot be published is marked failed and the caller gets 503."""
-    check_limits(body, max_prompt_chars=settings.max_prompt_chars, max_tokens_limit=settings.max_tokens_limit)
+    message cannot be published is removed again and the caller gets 503:
+    nothing is accepted that is not both recorded and queued."""
+    check_job(
+        body,
+        limits=limits,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_tokens_limit=settings.max_tokens_limit,
+    )
     job_id = jobs.new_job_id()
     with session.begin():
         resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)
         job = jobs.create_job(session, tenant=tenant, request=body, resolved=resolved, job_id=job_id)
-    accepted = JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=resolved.version)
-    if job.id != job_id:  # idempotent retry: the first submit already published
-        return accepted
+        if job.id != job_id:  # idempotent retry: answer with the first job as it was routed
+            version = jobs.version_number(session, job)
+            return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=version)
     try:
         publisher.publish(jobs.task_for(job, resolved, body), priority=Priority.INTERACTIVE)
-    except Exception as exc:
+    except Exception:
         with session.begin():
-            jobs.fail_unpublished(session, job_id=job.id, message=str(exc))
+            jobs.discard_unpublished(session, job_id=job.id)
         raise
-    return accepted
+    return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=resolved.version)
 
 
 @router.get("/{job_id}", response_model=JobView)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from registry.adapters import (
 )
 from registry.db import transaction
 from registry.errors import Conflict, NotFound
-from registry.jobs import Outcome, create_job, fail_unpublished, get_view, new_job_id, record, start
+from registry.jobs import Outcome, create_job, discard_unpublished, get_view, new_job_id, record, start
 from registry.keys import ensure_tenant
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Job, Route, Tenant
 from registry.routing import choose_version
@@ -391,7 +391,7 @@ def test_record_writes_a_mixed_bulk_of_outcomes(
     assert statuses == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED, JobStatus.QUEUED]
 
 
-def test_fail_unpublished_fails_only_a_queued_job(
+def test_discard_unpublished_removes_only_a_queued_job(
     session_factory: sessionmaker[Session], world: World, upper: ResolvedAdapter
 ) -> None:
     queued, done = submit(session_factory, world.acme, upper), submit(session_factory, world.acme, upper)
@@ -399,10 +399,8 @@ def test_fail_unpublished_fails_only_a_queued_job(
 
     with transaction(session_factory) as session:
         for job_id in (queued, done):
-            fail_unpublished(session, job_id=job_id, message="Redis unreachable")
+            discard_unpublished(session, job_id=job_id)
 
-    job = view(session_factory, world.acme, queued)
-    assert job.status == JobStatus.FAILED
-    assert job.error is not None and job.error.code == "queue_unavailable"
-    assert job.finished_at is not None and job.finished_at > datetime.now(UTC) - timedelta(minutes=1)
+    with pytest.raises(NotFound):
+        view(session_factory, world.acme, queued)
     assert view(session_factory, world.acme, done).status == JobStatus.SUCCEEDED
