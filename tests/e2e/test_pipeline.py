@@ -32,6 +32,27 @@ def register_skills(stack: RunningStack) -> dict[str, int]:
     return versions
 
 
+def peft_alone(work: list[tuple[str, str]]) -> list[str]:
+    """Greedy answers of each (skill, text) with PEFT, one row and one adapter at a time."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DEMO / "base")
+    base = AutoModelForCausalLM.from_pretrained(DEMO / "base", dtype=torch.float32).eval()
+    answers = {}
+    for skill in sorted({s for s, _ in work}):
+        model = PeftModel.from_pretrained(base, DEMO / "adapters" / skill).eval()
+        for i, (s, text) in enumerate(work):
+            if s == skill:
+                enc = tok([text], return_tensors="pt")
+                with torch.inference_mode():
+                    out = model.generate(**enc, max_new_tokens=64, do_sample=False)
+                answers[i] = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        base = model.unload()
+    return [answers[i] for i in range(len(work))]
+
+
 @pytest.fixture(scope="module")
 def registered(loraq_stack: RunningStack) -> dict[str, int]:
     return register_skills(loraq_stack)
@@ -53,12 +74,15 @@ def test_forty_mixed_jobs_follow_their_skill_and_are_recorded(
         for job_id in ids:
             view = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
             views.append(view)
-    failures = [
-        (skill, text, v["status"], (v.get("result") or {}).get("text"))
-        for (skill, text), v in zip(work, views, strict=True)
-        if v["status"] != "succeeded" or v["result"]["text"] != expected(skill, text)
-    ]
-    assert not failures, f"{len(failures)} wrong outputs: {failures[:5]}\n{loraq_stack.logs()}"
+    assert all(v["status"] == "succeeded" for v in views), loraq_stack.logs()
+    outputs = [v["result"]["text"] for v in views]
+    # No bleed: each row of a mixed batch answers exactly what its adapter alone answers (PEFT, batch of one).
+    alone = peft_alone(work)
+    bled = [(s, t, o, a) for (s, t), o, a in zip(work, outputs, alone, strict=True) if o != a]
+    assert not bled, f"outputs differ from the adapter run alone: {bled}"
+    # And the skills work: the demo model is >= 95 % exact on unseen text, here too.
+    following = sum(o == expected(s, t) for (s, t), o in zip(work, outputs, strict=True))
+    assert following >= 0.95 * len(work), f"only {following}/{len(work)} outputs follow their skill's rule"
     engine = make_engine(f"sqlite:///{loraq_stack.home / 'loraq.db'}")
     with session_factory(engine)() as session:
         rows = session.execute(select(Job, AdapterVersion.version).join(AdapterVersion).where(Job.id.in_(ids))).all()
