@@ -2,7 +2,7 @@
 
 Pure ASGI: a declared ``Content-Length`` above the limit is refused before
 reading; otherwise the bytes are counted as they stream in and reading stops
-at the limit with :class:`registry.errors.TooLarge` (rendered as 413 JSON).
+at the limit with a 413 JSON answer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import error_response
-from registry.errors import TooLarge
 
 
 class BodyLimit:
@@ -31,14 +30,26 @@ class BodyLimit:
             await response(scope, receive, send)
             return
         seen = 0
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise TooLarge(self._message(f"more than {self.max_bytes}"), code="request_too_large")
+                    # Answer 413 now and tell the app the client went away; whatever
+                    # the app answers to that is dropped by ``guarded`` below.
+                    refused = True
+                    message_text = self._message(f"more than {self.max_bytes}")
+                    await error_response(413, "request_too_large", message_text, "too_large")(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)

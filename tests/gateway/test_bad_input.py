@@ -8,6 +8,7 @@ these requests never reach.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,17 +27,21 @@ ADMIN = "admin-key-for-tests"
 DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, redis_url: str) -> Iterator[TestClient]:
+@contextmanager
+def make_gateway(tmp_path: Path, redis_url: str, **limits: int) -> Iterator[TestClient]:
     db = DatabaseSettings(home=tmp_path)
     upgrade(db.url())
-    settings = GatewaySettings(
-        admin_key=SecretStr(ADMIN), redis_url=redis_url, db=db, max_prompt_chars=100, max_tokens_limit=128
-    )
+    settings = GatewaySettings(admin_key=SecretStr(ADMIN), redis_url=redis_url, db=db, **limits)  # type: ignore[arg-type]
     redis.Redis.from_url(redis_url).flushdb()
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         resp = client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")})
         assert resp.status_code == 201, resp.text
+        yield client
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, redis_url: str) -> Iterator[TestClient]:
+    with make_gateway(tmp_path, redis_url, max_prompt_chars=100, max_tokens_limit=128) as client:
         yield client
 
 
@@ -144,3 +149,56 @@ def test_unknown_route_is_json_not_html(gateway: TestClient) -> None:
     resp = gateway.get("/v1/nothing")
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "route_not_found"
+
+
+def test_chunked_body_over_the_limit_is_refused(tmp_path: Path, redis_url: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"adapter": "upper", "prompt": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    with make_gateway(tmp_path, redis_url, max_body_bytes=1024) as client:
+        before = counts(client)
+        resp = client.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+        assert resp.status_code == 413
+        assert resp.json()["error"]["code"] == "request_too_large"
+        assert counts(client) == before
+
+
+def test_jobs_that_cannot_fit_the_model_context_are_refused(tmp_path: Path, redis_url: str) -> None:
+    # The demo base has 256 positions; a prompt of n bytes is n + 2 tokens (<s> ... <sep>).
+    with make_gateway(tmp_path, redis_url, max_prompt_chars=10_000, max_tokens_limit=4096) as client:
+        before = counts(client)
+        too_many = client.post("/v1/jobs", json={**GOOD, "max_tokens": 256})
+        assert (too_many.status_code, too_many.json()["error"]["code"]) == (400, "max_tokens_out_of_range")
+        overflow = client.post("/v1/jobs", json={**GOOD, "prompt": "y" * 200, "max_tokens": 64})
+        assert (overflow.status_code, overflow.json()["error"]["code"]) == (400, "context_length_exceeded")
+        assert counts(client) == before
+        fits = client.post("/v1/jobs", json={**GOOD, "prompt": "y" * 190, "max_tokens": 64})
+        assert fits.status_code == 202
+
+
+def test_nul_characters_are_refused(gateway: TestClient) -> None:
+    for body in ({**GOOD, "prompt": "a\x00b"}, {**GOOD, "routing_key": "k\x00"}, {**GOOD, "stop": ["\x00"]}):
+        resp = gateway.post("/v1/jobs", json=body)
+        assert resp.status_code == 422
+        assert resp.json()["error"]["code"] == "invalid_request"
+
+
+def test_adapter_paths_are_shown_to_admins_only(gateway: TestClient) -> None:
+    key = gateway.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
+    tenant_view = gateway.get("/v1/adapters", headers={"Authorization": f"Bearer {key}"}).json()
+    admin_view = gateway.get("/v1/adapters").json()
+    assert tenant_view[0]["versions"][0]["uri"] is None
+    assert admin_view[0]["versions"][0]["uri"].startswith("file://")
+
+
+def test_a_key_for_a_tenant_named_admin_is_not_an_admin_key(gateway: TestClient) -> None:
+    key = gateway.post("/v1/admin/keys", json={"tenant": "admin"}).json()["key"]
+    resp = gateway.post(
+        "/v1/adapters",
+        json={"name": "x", "uri": str(DEMO / "adapters" / "upper")},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert resp.status_code == 403
