@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,7 +100,7 @@ def _client() -> Client:
     return Client(settings.url, settings.key())
 
 
-def _run(fn: Any) -> None:
+def _run(fn: Callable[[], None]) -> None:
     try:
         fn()
     except CliError as exc:

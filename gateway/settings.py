@@ -8,8 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.settings import DatabaseSettings
-
-DEMO_BASE = Path(__file__).resolve().parent.parent / "workers" / "demo_model" / "base"
+from workers.settings import DEMO_BASE  # torch-free
 
 
 class GatewaySettings(BaseSettings):
