@@ -13,14 +13,18 @@ import os
 import threading
 from typing import Any
 
+import redis
 from celery.signals import celeryd_after_setup
 
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
+from workers import heartbeat
 from workers.celery_app import make_celery
-from workers.queue_consumer import make_queue_refresher
+from workers.queue_consumer import make_sticky_consumer
+from workers.queue_state import read_states
 from workers.runtime import Runtime
 from workers.settings import WorkerSettings
+from workers.sticky import StickyConfig
 from workers.tasks import register_tasks
 
 log = logging.getLogger("loraq.worker")
@@ -59,6 +63,9 @@ class _RuntimeHolder:
                 )
             return self._runtime
 
+    def current(self) -> Runtime | None:
+        return self._runtime
+
     def get(self) -> Runtime:
         return self._runtime or self.start(app.conf.get("worker_name") or "worker")
 
@@ -67,12 +74,43 @@ runtime = _RuntimeHolder()
 register_tasks(app, runtime.get)
 
 
-def _wanted() -> list[str]:
+def _adapters() -> list[str]:
     with sessions() as session:
         return active_adapter_names(session)
 
 
-app.steps["consumer"].add(make_queue_refresher(_wanted, settings.queue_refresh_s))
+broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def _resident() -> set[str]:
+    current = runtime.current()
+    return current.resident_adapters() if current else set()
+
+
+def _heartbeat() -> None:
+    tags = heartbeat.held_delivery_tags()
+    heartbeat.refresh_visibility(broker, tags)
+    current = runtime.current()
+    if current is not None:
+        ttl = max(3, int(3 * settings.queue_refresh_s))
+        heartbeat.announce(broker, name=current.worker_name, resident=_resident(), holding=len(tags), ttl_s=ttl)
+
+
+app.steps["consumer"].add(
+    make_sticky_consumer(
+        adapters=_adapters,
+        states=lambda names: read_states(broker, names),
+        resident=_resident,
+        heartbeat=_heartbeat,
+        config=StickyConfig(
+            slots=settings.max_loras,
+            max_wait_s=settings.max_wait_s,
+            batch_rows=settings.max_batch_rows,
+            min_swap_depth=settings.min_swap_depth,
+        ),
+        interval=settings.queue_refresh_s,
+    )
+)
 
 
 @celeryd_after_setup.connect

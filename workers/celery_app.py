@@ -11,11 +11,16 @@ from celery import Celery
 DEFAULT_QUEUE = "loraq.default"  # never used by loraq's own messages; workers listen so Celery has one
 
 
-def make_celery(redis_url: str, *, visibility_timeout_s: int = 3600) -> Celery:
+def make_celery(redis_url: str, *, visibility_timeout_s: int = 20) -> Celery:
     app = Celery("loraq", broker=redis_url, backend=redis_url)
     transport = {
-        # Unacked messages come back after this; must exceed the longest job.
+        # Unacked messages come back after this. Workers refresh the clock of the
+        # messages they hold (workers.heartbeat), so it need not exceed the longest job.
         "visibility_timeout": visibility_timeout_s,
+        # Sweep for abandoned messages every 2 s (kombu's default is ~100 s), so
+        # a dead worker's jobs come back within visibility_timeout + 2 s.
+        "unacked_restore_interval": 2,
+        "unacked_restore_throttle": 1,
     }
     app.conf.update(
         task_serializer="json",

@@ -51,9 +51,13 @@ class PeftGenerator:
         self.name = base_model.name
         self.model: PeftModel | None = None
         self.resident: OrderedDict[str, None] = OrderedDict()  # LRU order of adapter keys
+        self._resident_snapshot: frozenset[str] = frozenset()  # for readers on other threads
         eos = self.base.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.max_positions = int(getattr(self.base.config, "max_position_embeddings", 2048))
+
+    def resident_keys(self) -> frozenset[str]:
+        return self._resident_snapshot
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.base.parameters())
@@ -98,6 +102,7 @@ class PeftGenerator:
             self._evict_for(set(refs))
             self._load(ref)
             self.resident[key] = None
+        self._resident_snapshot = frozenset(self.resident)
 
     def _evict_for(self, needed: set[str]) -> None:
         while len(self.resident) >= self.max_loras:

@@ -21,6 +21,7 @@ class AdapterRef:
     key: str
     uri: str
     sha256: str
+    name: str = ""  # the adapter's name (its queue is lora.<name>), for the sticky policy
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class Generator(Protocol):
     def generate(self, requests: Sequence[GenRequest]) -> list[GenerationResult]:
         """One result per request, in order. Raises if the batch as a whole fails;
         the caller then retries rows alone to isolate a bad one."""
+        ...
+
+    def resident_keys(self) -> frozenset[str]:
+        """Keys of the adapters loaded now; safe to call from another thread."""
         ...
 
     def describe(self) -> str:

@@ -1,31 +1,62 @@
-"""A consumer bootstep that makes a running worker consume new adapter queues.
+"""The consumer bootstep that makes a running worker adapter-sticky.
 
-Adapters are registered while workers run; every ``interval`` seconds this
-step asks ``wanted()`` for adapter names and adds ``lora.<name>`` consumers
-it lacks (``Consumer.add_task_queue``). The sticky policy (which queues to
-hold, which to cancel) replaces ``wanted`` later; the mechanism stays.
+Every ``interval`` seconds, on the consumer's timer:
+
+1. read the state of every routed adapter's queue (depth, oldest age,
+   interactive backlog) and the adapters resident in the engine;
+2. ask the pure policy (:func:`workers.sticky.choose_queues`) which queues
+   to consume, and add / cancel consumers to match
+   (``Consumer.add_task_queue`` / ``cancel_task_queue``); messages already
+   reserved from a cancelled queue still run;
+3. heartbeat: refresh the Redis visibility timestamps of every message this
+   worker holds, so that only a dead worker's messages come back after
+   the (short) visibility timeout, and publish the worker's liveness.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from celery import bootsteps
 
-from registry.queues import queue_name
+from registry.queues import adapter_of_queue, queue_name
+from workers.sticky import QueueState, StickyConfig, choose_queues
 
 log = logging.getLogger(__name__)
 
 
-def queues_to_add(wanted: list[str], consuming: set[str]) -> list[str]:
-    """Queue names to start consuming: wanted adapters whose queue is not consumed yet."""
-    return [q for q in (queue_name(n) for n in wanted) if q not in consuming]
+def plan(
+    states: Sequence[QueueState], *, resident: Collection[str], consuming: Collection[str], config: StickyConfig
+) -> tuple[list[str], list[str]]:
+    """Queues to add and queues to cancel so the worker consumes what the policy chose.
+
+    Resident adapters' queues stay consumed while there is room (a new job
+    for them needs no swap), and nothing changes while no queue has backlog.
+    """
+    chosen = choose_queues(states, resident=resident, config=config)
+    if not chosen:
+        return [], []
+    wanted = list(chosen)
+    for adapter in sorted(resident):
+        if len(wanted) < config.slots and adapter not in wanted:
+            wanted.append(adapter)
+    want = {queue_name(a) for a in wanted}
+    ours = {q for q in consuming if adapter_of_queue(q) is not None}
+    return sorted(want - ours), sorted(ours - want)
 
 
-def make_queue_refresher(wanted: Callable[[], list[str]], interval: float) -> type[bootsteps.StartStopStep]:
-    class AdapterQueueRefresher(bootsteps.StartStopStep):  # type: ignore[misc]
+def make_sticky_consumer(
+    *,
+    adapters: Callable[[], list[str]],
+    states: Callable[[list[str]], list[QueueState]],
+    resident: Callable[[], set[str]],
+    heartbeat: Callable[[], None],
+    config: StickyConfig,
+    interval: float,
+) -> type[bootsteps.StartStopStep]:
+    class StickyConsumer(bootsteps.StartStopStep):  # type: ignore[misc]
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
@@ -33,23 +64,28 @@ def make_queue_refresher(wanted: Callable[[], list[str]], interval: float) -> ty
             self.tref: Any = None
 
         def start(self, c: Any) -> None:
-            self.refresh(c)
-            self.tref = c.timer.call_repeatedly(interval, self.refresh, (c,), priority=10)
+            self.tick(c)
+            self.tref = c.timer.call_repeatedly(interval, self.tick, (c,), priority=10)
 
         def stop(self, c: Any) -> None:
             if self.tref is not None:
                 self.tref.cancel()
                 self.tref = None
 
-        def refresh(self, c: Any) -> None:
+        def tick(self, c: Any) -> None:
             try:
-                names = wanted()
-            except Exception:  # the registry may be briefly unreachable; try next tick
-                log.warning("could not read adapter names from the registry", exc_info=True)
+                heartbeat()
+                names = adapters()
+                consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
+                add, cancel = plan(states(names), resident=resident(), consuming=consuming, config=config)
+            except Exception:  # Redis or the registry briefly unreachable: try next tick
+                log.warning("sticky consumer tick failed", exc_info=True)
                 return
-            consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
-            for queue in queues_to_add(names, consuming):
+            for queue in add:
                 log.info("consuming %s", queue)
                 c.add_task_queue(queue)
+            for queue in cancel:
+                log.info("no longer consuming %s", queue)
+                c.cancel_task_queue(queue)
 
-    return AdapterQueueRefresher
+    return StickyConsumer

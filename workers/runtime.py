@@ -51,12 +51,17 @@ def recordable(result: GenerationResult) -> GenerationResult:
     return result.model_copy(update={"text": result.text.replace("\x00", "\ufffd")})
 
 
+def adapter_key(task: TaskJob) -> str:
+    """The engine's key of a task's adapter version."""
+    return f"v{task.version_id}"
+
+
 def to_request(task: TaskJob) -> GenRequest:
     return GenRequest(
         job_id=task.job_id,
         prompt=task.prompt,
         sampling=task.sampling,
-        adapter=AdapterRef(key=f"v{task.version_id}", uri=task.uri, sha256=task.sha256),
+        adapter=AdapterRef(key=adapter_key(task), uri=task.uri, sha256=task.sha256, name=task.adapter),
     )
 
 
@@ -73,10 +78,17 @@ class Runtime:
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
+        self._names: dict[str, str] = {}  # adapter key -> adapter name
         self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(self.run_batch, max_rows=max_rows, wait_s=wait_s)
+
+    def resident_adapters(self) -> set[str]:
+        """Names of the adapters whose weights the engine holds now (any version)."""
+        keys = self.generator.resident_keys()
+        return {name for key, name in list(self._names.items()) if key in keys}
 
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""
+        self._names[adapter_key(task)] = task.adapter
         return self.batcher.submit(task).result()
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:

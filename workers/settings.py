@@ -23,7 +23,15 @@ class WorkerSettings(BaseSettings):
     max_batch_rows: int = Field(default=16, ge=1, le=1024, description="Rows per batch; also the thread pool size.")
     batch_wait_ms: int = Field(default=25, ge=0, le=5000, description="How long a batch waits to fill.")
     max_loras: int = Field(default=8, ge=1, description="Adapters resident at once.")
-    queue_refresh_s: float = Field(default=1.0, gt=0, description="How often the worker looks for new adapter queues.")
-    visibility_timeout_s: int = Field(default=3600, ge=60, description="Redis redelivers unacked messages after this.")
+    queue_refresh_s: float = Field(
+        default=1.0, gt=0, description="How often the worker re-plans its queues and heartbeats."
+    )
+    visibility_timeout_s: int = Field(
+        default=20,
+        ge=5,
+        description="A dead worker's messages go back to their queue after this; live ones are kept by heartbeats.",
+    )
+    max_wait_s: float = Field(default=30.0, gt=0, description="Sticky bound: a queue waiting this long is served next.")
+    min_swap_depth: int = Field(default=4, ge=1, description="Jobs a queue needs before it is worth an adapter swap.")
     adapter_cache_dir: Path | None = Field(default=None, description="Unused by the PEFT engine; see issue 3.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)

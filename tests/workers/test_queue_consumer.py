@@ -1,13 +1,39 @@
-"""Which adapter queues a worker starts consuming."""
+"""Which queues a running worker adds and cancels (the plan the bootstep applies)."""
 
 from __future__ import annotations
 
-from workers.queue_consumer import queues_to_add
+from workers.queue_consumer import plan
+from workers.sticky import QueueState, StickyConfig
+
+CONFIG = StickyConfig(slots=2, max_wait_s=10, batch_rows=4, min_swap_depth=2)
 
 
-def test_adds_only_queues_not_yet_consumed() -> None:
-    assert queues_to_add(["upper", "rot13"], {"loraq.default", "lora.upper"}) == ["lora.rot13"]
+def q(adapter: str, depth: int, age: float = 1.0) -> QueueState:
+    return QueueState(adapter=adapter, depth=depth, oldest_age_s=age if depth else 0.0)
 
 
-def test_nothing_to_add_when_all_consumed() -> None:
-    assert queues_to_add([], {"lora.upper"}) == []
+def test_adds_the_chosen_queue_and_cancels_one_no_longer_wanted() -> None:
+    add, cancel = plan(
+        [q("a", 5), q("b", 0), q("c", 9)], resident={"a"}, consuming={"loraq.default", "lora.b"}, config=CONFIG
+    )
+    assert add == ["lora.a"]  # the resident queue fills a batch: no swap for c
+    assert cancel == ["lora.b"]
+
+
+def test_adds_another_queue_when_the_resident_one_cannot_fill_a_batch() -> None:
+    add, _ = plan([q("a", 2), q("c", 9)], resident={"a"}, consuming=set(), config=CONFIG)
+    assert add == ["lora.a", "lora.c"]
+
+
+def test_never_cancels_queues_that_are_not_adapter_queues() -> None:
+    _, cancel = plan([q("a", 5)], resident=set(), consuming={"loraq.default", "celery"}, config=CONFIG)
+    assert cancel == []
+
+
+def test_nothing_changes_while_no_queue_has_backlog() -> None:
+    assert plan([q("a", 0), q("b", 0)], resident={"a"}, consuming={"lora.b"}, config=CONFIG) == ([], [])
+
+
+def test_resident_queues_stay_consumed_while_there_is_room() -> None:
+    add, cancel = plan([q("b", 5)], resident={"a"}, consuming={"lora.a"}, config=CONFIG)
+    assert (add, cancel) == (["lora.b"], [])
