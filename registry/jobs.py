@@ -170,14 +170,32 @@ def start(session: Session, *, job_ids: list[str], worker: str) -> set[str]:
     return set(session.scalars(stmt))
 
 
-def outcomes_of(session: Session, job_ids: list[str]) -> dict[str, tuple[str, str | None, str | None]]:
-    """What the registry holds for these jobs: id -> (status, text, error code).
+@dataclass(frozen=True)
+class Recorded:
+    """A job as the registry holds it: what every delivery of it reports."""
 
-    Workers report this, not what they computed, so a duplicate delivery
-    never tells Celery a result other than the recorded one.
-    """
-    rows = session.execute(select(Job.id, Job.status, Job.text, Job.error_code).where(Job.id.in_(job_ids)))
-    return {job_id: (status, text, code) for job_id, status, text, code in rows}
+    status: str
+    result: GenerationResult | None
+    error: JobError | None
+
+
+def recorded(session: Session, job_ids: list[str]) -> dict[str, Recorded]:
+    """id -> what the registry holds. Workers report this, not what they computed,
+    so Celery's result and the registry agree even after duplicate deliveries."""
+    rows = session.scalars(select(Job).where(Job.id.in_(job_ids)))
+    out = {}
+    for job in rows:
+        result = None
+        if job.status == JobStatus.SUCCEEDED and job.finish_reason is not None:
+            result = GenerationResult(
+                text=job.text or "",
+                finish_reason=FinishReason(job.finish_reason),
+                prompt_tokens=job.prompt_tokens or 0,
+                completion_tokens=job.completion_tokens or 0,
+            )
+        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        out[job.id] = Recorded(status=job.status, result=result, error=error)
+    return out
 
 
 def fail_one(session: Session, *, job_id: str, worker: str, code: str, message: str) -> None:

@@ -113,15 +113,14 @@ class Runtime:
         ]
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
-            truth = jobs.outcomes_of(session, [t.job_id for t in tasks])
+            truth = jobs.recorded(session, [t.job_id for t in tasks])
         log.info(
             "batch of %d rows (%d adapters) in %.3fs",
             len(runnable),
             len({t.version_id for t in runnable}),
             run_time,
         )
-        by_id = {o.job_id: o for o in outcomes}
-        return [self._outcome(t.job_id, by_id.get(t.job_id), truth.get(t.job_id)) for t in tasks]
+        return [self._outcome(t.job_id, truth.get(t.job_id)) for t in tasks]
 
     def fail(self, job_id: str, *, code: str, message: str) -> TaskOutcome:
         """Record a job the worker could not run at all (bad message, internal error)."""
@@ -130,18 +129,11 @@ class Runtime:
         return TaskOutcome(job_id=job_id, status="failed", error=JobError(code=code, message=message))
 
     @staticmethod
-    def _outcome(
-        job_id: str, mine: jobs.Outcome | None, truth: tuple[str, str | None, str | None] | None
-    ) -> TaskOutcome:
-        """Report what the registry recorded; ``skipped`` when this delivery did not run the job."""
-        if mine is None or truth is None:
-            return TaskOutcome(job_id=job_id, status="skipped")
-        status, text, _ = truth
-        if mine.result is not None and text == mine.result.text and status == "succeeded":
-            return TaskOutcome(job_id=job_id, status=status, result=mine.result)
-        if mine.error is not None and status == "failed":
-            return TaskOutcome(job_id=job_id, status=status, error=mine.error)
-        return TaskOutcome(job_id=job_id, status="duplicate")  # another delivery recorded first
+    def _outcome(job_id: str, truth: jobs.Recorded | None) -> TaskOutcome:
+        """Report what the registry holds, whichever delivery recorded it."""
+        if truth is None:
+            return TaskOutcome(job_id=job_id, status="unknown")  # the row was discarded (never accepted)
+        return TaskOutcome(job_id=job_id, status=truth.status, result=truth.result, error=truth.error)
 
     def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | JobError]:
         """Run the batch; if it fails, run each row alone so one bad row fails alone."""

@@ -66,7 +66,7 @@ def test_poison_row_fails_alone_and_batch_mates_succeed(
     runtime.batcher.close()
 
 
-def test_a_redelivered_batch_is_skipped_and_recorded_once(
+def test_a_redelivered_batch_is_not_rerun_and_reports_the_recorded_result(
     session_factory: sessionmaker[Session], generator: PeftGenerator
 ) -> None:
     tasks = enqueue(session_factory, ["first", "second"])
@@ -75,7 +75,10 @@ def test_a_redelivered_batch_is_skipped_and_recorded_once(
     with session_factory() as session:
         before = [(j.id, j.text, j.finished_at, j.attempts) for j in session.scalars(select(Job).order_by(Job.id))]
     again = [runtime.run(t) for t in tasks]  # through the batcher, as Celery threads do
-    assert [o.status for o in again] == ["skipped", "skipped"]
+    assert [(o.status, o.result.text if o.result else None) for o in again] == [
+        ("succeeded", "FIRST"),
+        ("succeeded", "SECOND"),
+    ]
     with session_factory() as session:
         after = [(j.id, j.text, j.finished_at, j.attempts) for j in session.scalars(select(Job).order_by(Job.id))]
     assert after == before

@@ -1,0 +1,88 @@
+"""The adapter-sticky policy: stickiness, switching, priorities and the starvation bound."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.sticky import QueueState, StickyConfig, choose_queues
+from workers.sticky_sim import Arrival, WorkerModel, simulate
+
+CONFIG = StickyConfig(slots=2, max_wait_s=10.0, batch_rows=8, min_swap_depth=3)
+
+
+def q(adapter: str, depth: int, age: float = 1.0, interactive: int = 0) -> QueueState:
+    return QueueState(adapter=adapter, depth=depth, oldest_age_s=age if depth else 0.0, interactive=interactive)
+
+
+def test_stays_on_resident_adapters_while_they_have_backlog() -> None:
+    chosen = choose_queues(
+        [q("hot", 50, age=2), q("a", 40, age=1), q("b", 30, age=1)], resident={"a", "b"}, config=CONFIG
+    )
+    assert chosen == ["a", "b"]
+
+
+def test_switches_to_the_deepest_queue_when_the_resident_one_drains() -> None:
+    chosen = choose_queues([q("a", 0), q("deep", 20), q("shallow", 5)], resident={"a", "x"}, config=CONFIG)
+    assert chosen == ["deep"]
+
+
+def test_an_overdue_queue_is_served_before_resident_ones() -> None:
+    chosen = choose_queues([q("a", 40), q("b", 40), q("late", 1, age=11)], resident={"a", "b"}, config=CONFIG)
+    assert chosen[0] == "late" and len(chosen) == 2
+
+
+def test_interactive_backlog_becomes_overdue_sooner() -> None:
+    queues = [q("a", 40), q("b", 40), q("chat", 1, age=3, interactive=1), q("bulk", 1, age=9)]
+    assert choose_queues(queues, resident={"a", "b"}, config=CONFIG)[0] == "chat"
+
+
+def test_a_shallow_queue_is_not_worth_a_swap_until_overdue_or_a_slot_is_free() -> None:
+    queues = [q("a", 1), q("shallow", 2)]
+    assert choose_queues(queues, resident={"a", "x"}, config=CONFIG) == ["a"]
+    assert choose_queues(queues, resident={"a"}, config=CONFIG) == ["a", "shallow"]  # a free slot: no eviction
+
+
+def test_never_chooses_more_queues_than_slots_or_an_empty_one() -> None:
+    queues = [q(f"o{i}", 1, age=100 + i) for i in range(5)] + [q("empty", 0)]
+    chosen = choose_queues(queues, resident={"empty"}, config=CONFIG)
+    assert chosen == ["o4", "o3"]
+
+
+MODEL = WorkerModel(slots=3, batch_rows=6, batch_s=0.1, swap_s=0.05, max_wait_s=2.0)
+B_MAX = MODEL.batch_s + MODEL.slots * MODEL.swap_s
+
+arrivals_strategy = st.lists(
+    st.tuples(st.floats(min_value=0.0, max_value=0.5), st.integers(min_value=0, max_value=11)),
+    min_size=1,
+    max_size=150,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrivals_strategy)
+def test_no_job_starves_whatever_arrives_after_it(spec: list[tuple[float, int]]) -> None:
+    """Once a job's queue is overdue it is served within one batch per older job still
+    waiting (plus the batch running then): later arrivals can never push it back."""
+    t, arrivals = 0.0, []
+    for gap, adapter in spec:
+        t += gap
+        arrivals.append(Arrival(t, f"a{adapter}"))
+    result = simulate(arrivals, policy="sticky", model=MODEL)
+    assert len(result.served) == len(arrivals)
+    for j, arrival in enumerate(arrivals):
+        overdue_at = arrival.at_s + MODEL.max_wait_s
+        older_waiting = sum(1 for i in range(j) if result.served[i] >= overdue_at)
+        bound = MODEL.max_wait_s + (older_waiting + 2) * B_MAX
+        assert result.served[j] - arrival.at_s <= bound + 1e-9
+
+
+def test_sticky_swaps_less_than_fifo_on_zipf_arrivals_near_saturation() -> None:
+    from workers.sticky_sim import zipf_arrivals
+
+    model = WorkerModel(max_wait_s=10.0)
+    arrivals = zipf_arrivals(adapters=100, s=1.1, jobs=3000, rate_per_s=40, seed=3)
+    fifo = simulate(arrivals, policy="fifo", model=model)
+    sticky = simulate(arrivals, policy="sticky", model=model)
+    assert sticky.swaps < 0.6 * fifo.swaps
+    assert max(sticky.waits) <= model.max_wait_s + 2 * (model.batch_s + model.slots * model.swap_s)
