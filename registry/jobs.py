@@ -154,9 +154,10 @@ def discard_unpublished(session: Session, *, job_id: str) -> None:
     session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
 
 
-def start(session: Session, *, job_ids: list[str], worker: str) -> set[str]:
-    """Mark jobs running and count the attempt; returns the ids still worth running
-    (a job already terminal — done by another delivery or cancelled — is skipped).
+def start(session: Session, *, job_ids: list[str], worker: str) -> dict[str, int]:
+    """Mark jobs running and count the attempt; returns id -> attempts (this one
+    included) for the jobs still worth running (a job already terminal — done by
+    another delivery or cancelled — is skipped).
 
     One ``UPDATE ... RETURNING`` so the check and the change are one statement.
     """
@@ -164,10 +165,10 @@ def start(session: Session, *, job_ids: list[str], worker: str) -> set[str]:
         update(Job)
         .where(Job.id.in_(job_ids), Job.status.in_(_LIVE))
         .values(status=JobStatus.RUNNING.value, attempts=Job.attempts + 1, worker=worker, started_at=utcnow())
-        .returning(Job.id)
+        .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)
     )
-    return set(session.scalars(stmt))
+    return {job_id: attempts for job_id, attempts in session.execute(stmt)}
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class _RuntimeHolder:
                     worker_name=worker_name,
                     max_rows=settings.max_batch_rows,
                     wait_s=settings.batch_wait_ms / 1000,
+                    max_attempts=settings.max_attempts,
                 )
             return self._runtime
 

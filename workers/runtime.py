@@ -26,9 +26,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class RowFailure:
+    """A row the engine could not generate; ``retryable`` unless the job itself is at fault."""
+
+    code: str
+    message: str
+    retryable: bool
+
+
+@dataclass(frozen=True)
 class TaskOutcome:
-    """What a Celery task returns: the outcome, or ``skipped`` for a job
-    already terminal (a duplicate delivery or a cancelled job)."""
+    """What a Celery task returns: the job as the registry recorded it, or
+    ``retry`` for a row that failed unexpectedly and has attempts left."""
 
     job_id: str
     status: str
@@ -74,7 +83,9 @@ class Runtime:
         worker_name: str,
         max_rows: int,
         wait_s: float,
+        max_attempts: int = 3,
     ) -> None:
+        self.max_attempts = max_attempts
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
@@ -93,10 +104,16 @@ class Runtime:
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
         with transaction(self.sessions) as session:
-            live = jobs.start(session, job_ids=[t.job_id for t in tasks], worker=self.worker_name)
-        runnable = [t for t in tasks if t.job_id in live]
+            attempts = jobs.start(session, job_ids=[t.job_id for t in tasks], worker=self.worker_name)
+        runnable = [t for t in tasks if t.job_id in attempts]
         started = time.time()
         produced = self._generate_isolating(runnable)
+        # A row that failed unexpectedly is retried (a new message) until max_attempts.
+        retry = {
+            t.job_id
+            for t, r in zip(runnable, produced, strict=True)
+            if isinstance(r, RowFailure) and r.retryable and attempts[t.job_id] < self.max_attempts
+        }
         finished = utcnow()
         run_time = time.time() - started
         outcomes = [
@@ -107,9 +124,10 @@ class Runtime:
                 run_time_s=run_time,
                 finished_at=finished,
                 result=recordable(r) if isinstance(r, GenerationResult) else None,
-                error=r if isinstance(r, JobError) else None,
+                error=JobError(code=r.code, message=r.message) if isinstance(r, RowFailure) else None,
             )
             for t, r in zip(runnable, produced, strict=True)
+            if t.job_id not in retry
         ]
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
@@ -120,7 +138,12 @@ class Runtime:
             len({t.version_id for t in runnable}),
             run_time,
         )
-        return [self._outcome(t.job_id, truth.get(t.job_id)) for t in tasks]
+        return [
+            TaskOutcome(job_id=t.job_id, status="retry")
+            if t.job_id in retry
+            else self._outcome(t.job_id, truth.get(t.job_id))
+            for t in tasks
+        ]
 
     def fail(self, job_id: str, *, code: str, message: str) -> TaskOutcome:
         """Record a job the worker could not run at all (bad message, internal error)."""
@@ -135,7 +158,7 @@ class Runtime:
             return TaskOutcome(job_id=job_id, status="unknown")  # the row was discarded (never accepted)
         return TaskOutcome(job_id=job_id, status=truth.status, result=truth.result, error=truth.error)
 
-    def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | JobError]:
+    def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | RowFailure]:
         """Run the batch; if it fails, run each row alone so one bad row fails alone."""
         if not tasks:
             return []
@@ -148,11 +171,11 @@ class Runtime:
             log.warning("batch of %d failed; retrying rows one by one", len(requests), exc_info=True)
         return [self._generate_one(r) for r in requests]
 
-    def _generate_one(self, request: GenRequest) -> GenerationResult | JobError:
+    def _generate_one(self, request: GenRequest) -> GenerationResult | RowFailure:
         try:
             return self.generator.generate([request])[0]
-        except EngineError as exc:
-            return JobError(code=exc.code, message=str(exc))
+        except EngineError as exc:  # the job itself is wrong: retrying cannot help
+            return RowFailure(code=exc.code, message=str(exc), retryable=False)
         except Exception as exc:
             log.exception("job %s failed", request.job_id)
-            return JobError(code="engine_error", message=f"{type(exc).__name__}: {exc}")
+            return RowFailure(code="engine_error", message=f"{type(exc).__name__}: {exc}", retryable=True)

@@ -31,6 +31,7 @@ class WorkerSettings(BaseSettings):
         ge=5,
         description="A dead worker's messages go back to their queue after this; live ones are kept by heartbeats.",
     )
+    max_attempts: int = Field(default=3, ge=1, description="Runs of a job that fails unexpectedly before it fails.")
     max_wait_s: float = Field(default=30.0, gt=0, description="Sticky bound: a queue waiting this long is served next.")
     min_swap_depth: int = Field(default=4, ge=1, description="Jobs a queue needs before it is worth an adapter swap.")
     adapter_cache_dir: Path | None = Field(default=None, description="Unused by the PEFT engine; see issue 3.")

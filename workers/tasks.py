@@ -20,6 +20,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 DB_RETRY_DELAY_S = 2.0
+RETRY_DELAY_S = 1.0  # before a job that failed unexpectedly runs again (its attempts are counted)
 DB_RETRIES = 150  # five minutes of database outage before the message is given up
 
 
@@ -29,7 +30,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
         job_id: str = self.request.id
         try:
             task = TaskJob.model_validate(payload)
-            return runtime().run(task).as_celery_result()
+            outcome = runtime().run(task)
         except OperationalError as exc:
             # The registry is unreachable: put the job back rather than lose it.
             raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
@@ -39,3 +40,6 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
             log.exception("job %s failed in the worker", job_id)
             message = f"{type(exc).__name__}: {exc}"[:2000]
             return runtime().fail(job_id, code="worker_error", message=message).as_celery_result()
+        if outcome.status == "retry":  # the row failed unexpectedly and has attempts left
+            raise self.retry(countdown=RETRY_DELAY_S, max_retries=None)
+        return outcome.as_celery_result()

@@ -83,3 +83,48 @@ def test_a_redelivered_batch_is_not_rerun_and_reports_the_recorded_result(
         after = [(j.id, j.text, j.finished_at, j.attempts) for j in session.scalars(select(Job).order_by(Job.id))]
     assert after == before
     runtime.batcher.close()
+
+
+class PoisonOnce:
+    """The real engine, except that any batch holding the prompt "poison" raises
+    an unexpected error (as a bug in a kernel would); the runtime under test
+    must isolate it, retry it, and fail it alone after max_attempts."""
+
+    def __init__(self, engine: PeftGenerator) -> None:
+        self.engine = engine
+
+    def generate(self, requests):  # type: ignore[no-untyped-def]
+        if any(r.prompt == "poison" for r in requests):
+            raise RuntimeError("kernel crashed")
+        return self.engine.generate(requests)
+
+    def resident_keys(self) -> frozenset[str]:
+        return self.engine.resident_keys()
+
+    def describe(self) -> str:
+        return "poisoned"
+
+
+def test_a_poison_job_is_retried_then_fails_alone_after_max_attempts(
+    session_factory: sessionmaker[Session], generator: PeftGenerator
+) -> None:
+    tasks = enqueue(session_factory, ["good one", "poison", "good two"])
+    runtime = Runtime(
+        generator=PoisonOnce(generator),
+        sessions=session_factory,
+        worker_name="w1",
+        max_rows=8,
+        wait_s=0,
+        max_attempts=3,
+    )
+    first = runtime.run_batch(tasks)
+    assert [o.status for o in first] == ["succeeded", "retry", "succeeded"]
+    assert [o.status for o in runtime.run_batch([tasks[1]])] == ["retry"]  # redelivered: attempt 2
+    [last] = runtime.run_batch([tasks[1]])  # attempt 3: out of attempts
+    assert last.status == "failed" and last.error is not None and last.error.code == "engine_error"
+    with session_factory() as session:
+        poison = session.get(Job, tasks[1].job_id)
+        assert poison is not None
+        assert (poison.status, poison.attempts, poison.error_code) == ("failed", 3, "engine_error")
+        assert "kernel crashed" in (poison.error_message or "")
+    runtime.batcher.close()
