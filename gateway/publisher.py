@@ -6,12 +6,16 @@ answer 503 quickly instead of hanging the request.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from registry.errors import Unavailable
-from registry.queues import RUN_JOB_TASK, queue_name
+from registry.queues import CANCEL_KEY, CANCEL_TTL_S, RUN_JOB_TASK, queue_name
 from registry.schemas import Priority, TaskJob
 from workers.celery_app import make_celery
+
+log = logging.getLogger(__name__)
 
 
 class Publisher:
@@ -39,6 +43,15 @@ class Publisher:
                 "The job queue (Redis) is unavailable; the job was not accepted. Retry later.",
                 code="queue_unavailable",
             ) from exc
+
+    def signal_cancel(self, job_id: str) -> None:
+        """Tell running workers to stop ``job_id`` at their next step. Best effort:
+        the registry already says cancelled, so its result is never recorded."""
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.client.set(CANCEL_KEY.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
+        except Exception:
+            log.warning("could not signal the cancellation of %s to workers", job_id, exc_info=True)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:

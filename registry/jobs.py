@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry.adapters import ResolvedAdapter
-from registry.errors import NotFound
+from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, Job, Tenant, utcnow
 from registry.schemas import (
     TERMINAL_STATUSES,
@@ -144,6 +144,27 @@ def view_of(job: Job, *, adapter: str, version: int) -> JobView:
         result=result,
         error=error,
     )
+
+
+def cancel(session: Session, *, tenant: Tenant, job_id: str) -> JobView:
+    """Cancel a queued or running job of ``tenant``: a queued one never runs, a
+    running one's result is never recorded. Cancelling twice is harmless; a
+    job that already ended cannot be cancelled."""
+    view = get_view(session, tenant=tenant, job_id=job_id)
+    if view.status == JobStatus.CANCELLED:
+        return view
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_LIVE))
+        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
+        .returning(Job.id)
+    ).first()
+    if changed is None:
+        raise Conflict(
+            f"job {job_id!r} already ended ({view.status.value}); nothing to cancel.", code="job_not_cancellable"
+        )
+    session.flush()
+    return get_view(session, tenant=tenant, job_id=job_id)
 
 
 def discard_unpublished(session: Session, *, job_id: str) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 QUEUE_PREFIX = "lora."  # queue of adapter NAME is "lora.NAME"
 RUN_JOB_TASK = "loraq.run_job"  # the task that runs one job; its task id is the job id
+CANCEL_KEY = "loraq:cancel:{job_id}"  # set by the gateway when a job is cancelled; workers stop its row
+CANCEL_TTL_S = 24 * 3600
 
 
 def queue_name(adapter: str) -> str:

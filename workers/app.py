@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -18,6 +19,7 @@ from celery.signals import celeryd_after_setup
 
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
+from registry.queues import CANCEL_KEY
 from workers import heartbeat
 from workers.celery_app import make_celery
 from workers.queue_consumer import make_sticky_consumer
@@ -52,6 +54,7 @@ class _RuntimeHolder:
                     device=settings.device,
                     dtype=settings.dtype,
                     max_loras=settings.max_loras,
+                    cancelled=_cancelled,
                 )
                 log.warning("%s", generator.describe())
                 self._runtime = Runtime(
@@ -81,6 +84,15 @@ def _adapters() -> list[str]:
 
 
 broker = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def _cancelled(job_ids: Sequence[str]) -> set[str]:
+    """Which of these running jobs the gateway has cancelled (one MGET)."""
+    try:
+        flags = broker.mget([CANCEL_KEY.format(job_id=j) for j in job_ids])
+    except redis.RedisError:
+        return set()
+    return {j for j, flag in zip(job_ids, flags, strict=True) if flag}
 
 
 def _resident() -> set[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from registry.adapter_check import WEIGHTS_FILE, local_path
 from registry.schemas import GenerationResult, SamplingParams
@@ -24,6 +24,24 @@ from workers.errors import AdapterLoadFailed, PromptTooLong
 from workers.generation import AdapterRef, GenRequest
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+
+class StopCancelled(StoppingCriteria):
+    """Stops the rows of cancelled jobs at a step boundary; asks every ``every`` steps."""
+
+    def __init__(self, job_ids: list[str], cancelled: Callable[[Sequence[str]], set[str]], every: int = 4) -> None:
+        self.job_ids = job_ids
+        self.cancelled = cancelled
+        self.every = every
+        self.step = 0
+        self.stopped: set[str] = set()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        self.step += 1
+        if self.step % self.every == 0:
+            self.stopped |= self.cancelled(self.job_ids)
+        done = [job_id in self.stopped for job_id in self.job_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def sampling_group(req: GenRequest) -> tuple[object, ...]:
@@ -38,7 +56,16 @@ def sampling_group(req: GenRequest) -> tuple[object, ...]:
 
 
 class PeftGenerator:
-    def __init__(self, *, base_model: Path, device: str, dtype: str, max_loras: int) -> None:
+    def __init__(
+        self,
+        *,
+        base_model: Path,
+        device: str,
+        dtype: str,
+        max_loras: int,
+        cancelled: Callable[[Sequence[str]], set[str]] | None = None,
+    ) -> None:
+        self.cancelled = cancelled  # which of these job ids were cancelled (checked every few steps)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.max_loras = max_loras
@@ -147,11 +174,16 @@ class PeftGenerator:
             torch.manual_seed(sampling.seed)
         max_new = max(caps)
         pad_id = self.tokenizer.pad_token_id
+        stop: dict[str, object] = {}
+        if self.cancelled is not None:
+            stop["stopping_criteria"] = StoppingCriteriaList([StopCancelled([r.job_id for r in rows], self.cancelled)])
         if self.model is not None:
             names = [r.adapter.key if r.adapter else BASE_ADAPTER for r in rows]
-            out = self.model.generate(**enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
+            out = self.model.generate(
+                **enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **stop, **kwargs
+            )
         else:
-            out = self.base.generate(**enc, max_new_tokens=max_new, pad_token_id=pad_id, **kwargs)
+            out = self.base.generate(**enc, max_new_tokens=max_new, pad_token_id=pad_id, **stop, **kwargs)
         return [
             finish_row(
                 out[i, prompt_len:].tolist(),

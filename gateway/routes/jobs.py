@@ -72,3 +72,13 @@ def _read(session: SessionDep, tenant: CurrentTenant, job_id: str) -> JobView:
     view = jobs.get_view(session, tenant=tenant, job_id=job_id)
     session.rollback()  # end the read transaction so the next poll sees new commits
     return view
+
+
+@router.delete("/{job_id}", response_model=JobView)
+def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, publisher: PublisherDep) -> JobView:
+    """Cancel a queued job (it never runs) or a running one (its worker stops it
+    at the next step, best effort through Redis; its result is never recorded)."""
+    with session.begin():
+        view = jobs.cancel(session, tenant=tenant, job_id=job_id)
+    publisher.signal_cancel(job_id)
+    return view

@@ -202,3 +202,38 @@ def test_a_key_for_a_tenant_named_admin_is_not_an_admin_key(gateway: TestClient)
         headers={"Authorization": f"Bearer {key}"},
     )
     assert resp.status_code == 403
+
+
+def test_cancel_a_queued_job_is_idempotent_scoped_and_signals_workers(gateway: TestClient) -> None:
+    job = gateway.post("/v1/jobs", json=GOOD).json()
+    key = gateway.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
+    other = gateway.delete(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert other.status_code == 404
+    first = gateway.delete(f"/v1/jobs/{job['id']}")
+    assert first.status_code == 200 and first.json()["status"] == "cancelled"
+    assert gateway.delete(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    flag = redis.Redis.from_url(gateway.app.state.settings.redis_url).get(f"loraq:cancel:{job['id']}")  # type: ignore[attr-defined]
+    assert flag == b"1"
+
+
+def test_a_finished_job_cannot_be_cancelled(gateway: TestClient) -> None:
+    from datetime import UTC, datetime
+
+    from registry import jobs
+    from registry.db import transaction
+    from registry.schemas import FinishReason, GenerationResult
+
+    job = gateway.post("/v1/jobs", json=GOOD).json()
+    done = jobs.Outcome(
+        job_id=job["id"],
+        worker="w",
+        queue_wait_s=0,
+        run_time_s=0,
+        finished_at=datetime.now(UTC),
+        result=GenerationResult(text="HELLO", finish_reason=FinishReason.STOP, prompt_tokens=7, completion_tokens=5),
+    )
+    with transaction(gateway.app.state.sessions) as session:  # type: ignore[attr-defined]
+        jobs.record(session, [done])
+    resp = gateway.delete(f"/v1/jobs/{job['id']}")
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "job_not_cancellable"
+    assert gateway.get(f"/v1/jobs/{job['id']}").json()["result"]["text"] == "HELLO"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from gateway.publisher import Publisher
 from gateway.stack import free_port
@@ -32,6 +33,7 @@ AUTH = ("ops", "pw")
 def registry_with_waiting_jobs(tmp_path: Path, redis_url: str) -> str:
     url = f"sqlite:///{tmp_path / 'loraq.db'}"
     upgrade(url)
+    redis.Redis.from_url(redis_url).flushdb()  # the Redis server is shared by the session
     info = validate_adapter(str(DEMO / "adapters" / "upper"), base_dir=DEMO / "base", max_bytes=1 << 30)
     engine = make_engine(url)
     with transaction(session_factory(engine)) as session:

@@ -128,3 +128,38 @@ def test_a_poison_job_is_retried_then_fails_alone_after_max_attempts(
         assert (poison.status, poison.attempts, poison.error_code) == ("failed", 3, "engine_error")
         assert "kernel crashed" in (poison.error_message or "")
     runtime.batcher.close()
+
+
+def test_a_cancelled_queued_job_never_runs(session_factory: sessionmaker[Session], generator: PeftGenerator) -> None:
+    [task] = enqueue(session_factory, ["never run me"])
+    with transaction(session_factory) as session:
+        tenant = keys.ensure_tenant(session, name="t")
+        jobs.cancel(session, tenant=tenant, job_id=task.job_id)
+    runtime = Runtime(generator=generator, sessions=session_factory, worker_name="w1", max_rows=8, wait_s=0)
+    [outcome] = runtime.run_batch([task])
+    assert outcome.status == "cancelled" and outcome.result is None
+    with session_factory() as session:
+        row = session.get(Job, task.job_id)
+        assert row is not None and (row.status, row.attempts, row.text) == ("cancelled", 0, None)
+    runtime.batcher.close()
+
+
+def test_a_cancelled_running_row_stops_at_the_next_steps_and_its_batch_mates_do_not() -> None:
+    from registry.schemas import SamplingParams
+    from workers.generation import GenRequest
+
+    engine = PeftGenerator(
+        base_model=DEMO / "base",
+        device="cpu",
+        dtype="float32",
+        max_loras=2,
+        cancelled=lambda ids: {i for i in ids if i == "stop-me"},
+    )
+    long = "Zebra quartz 42 copied on"
+    rows = [
+        GenRequest(job_id=j, prompt=long, sampling=SamplingParams(max_tokens=64), adapter=None)
+        for j in ("stop-me", "keep-me")
+    ]
+    stopped, kept = engine.generate(rows)
+    assert stopped.completion_tokens <= 4 < len(long)
+    assert kept.text == long  # the batch-mate ran to its end
