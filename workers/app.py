@@ -117,7 +117,7 @@ app.steps["consumer"].add(
         heartbeat=_heartbeat,
         config=StickyConfig(
             slots=settings.max_loras,
-            max_wait_s=settings.max_wait_s,
+            max_wait_s=settings.sticky_max_wait_s,
             batch_rows=settings.max_batch_rows,
             min_swap_depth=settings.min_swap_depth,
         ),

@@ -32,7 +32,9 @@ class WorkerSettings(BaseSettings):
         description="A dead worker's messages go back to their queue after this; live ones are kept by heartbeats.",
     )
     max_attempts: int = Field(default=3, ge=1, description="Runs of a job that fails unexpectedly before it fails.")
-    max_wait_s: float = Field(default=30.0, gt=0, description="Sticky bound: a queue waiting this long is served next.")
+    sticky_max_wait_s: float = Field(
+        default=30.0, gt=0, description="Sticky bound: a queue whose oldest job waited this long is served next."
+    )
     min_swap_depth: int = Field(default=4, ge=1, description="Jobs a queue needs before it is worth an adapter swap.")
     adapter_cache_dir: Path | None = Field(default=None, description="Unused by the PEFT engine; see issue 3.")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
