@@ -188,6 +188,27 @@ def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
     raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f}s: {last}")
 
 
+def worker_argv(name: str) -> list[str]:
+    """The command line of one Celery worker process named ``name@host``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-P",
+        "threads",
+        "-E",
+        "-n",
+        f"{name}@%h",
+        "-Q",
+        "loraq.default",
+        "--loglevel",
+        "INFO",
+    ]
+
+
 def check_port_free(host: str, port: int, option: str) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -240,26 +261,7 @@ def start(config: StackConfig) -> Stack:
             ],
         )
         for i in range(1, config.workers + 1):
-            stack.spawn(
-                f"worker{i}",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.app",
-                    "worker",
-                    "-P",
-                    "threads",
-                    "-E",
-                    "-n",
-                    f"worker{i}@%h",
-                    "-Q",
-                    "loraq.default",
-                    "--loglevel",
-                    "INFO",
-                ],
-            )
+            stack.spawn(f"worker{i}", worker_argv(f"worker{i}"))
         stack.spawn(
             "flower",
             [

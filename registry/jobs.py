@@ -25,7 +25,6 @@ from registry.schemas import (
     GenerationResult,
     JobCreate,
     JobError,
-    JobResultView,
     JobStatus,
     JobView,
     Priority,
@@ -118,16 +117,22 @@ def get_view(session: Session, *, tenant: Tenant, job_id: str) -> JobView:
     return view_of(job, adapter=name, version=version)
 
 
+def result_of(job: Job) -> GenerationResult | None:
+    if job.status != JobStatus.SUCCEEDED or job.finish_reason is None:
+        return None
+    return GenerationResult(
+        text=job.text or "",
+        finish_reason=FinishReason(job.finish_reason),
+        prompt_tokens=job.prompt_tokens or 0,
+        completion_tokens=job.completion_tokens or 0,
+    )
+
+
+def error_of(job: Job) -> JobError | None:
+    return JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+
+
 def view_of(job: Job, *, adapter: str, version: int) -> JobView:
-    result = None
-    if job.status == JobStatus.SUCCEEDED and job.finish_reason is not None:
-        result = JobResultView(
-            text=job.text or "",
-            finish_reason=FinishReason(job.finish_reason),
-            prompt_tokens=job.prompt_tokens or 0,
-            completion_tokens=job.completion_tokens or 0,
-        )
-    error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobView(
         id=job.id,
         status=JobStatus(job.status),
@@ -141,8 +146,8 @@ def view_of(job: Job, *, adapter: str, version: int) -> JobView:
         worker=job.worker,
         queue_wait_s=job.queue_wait_s,
         run_time_s=job.run_time_s,
-        result=result,
-        error=error,
+        result=result_of(job),
+        error=error_of(job),
     )
 
 
@@ -205,19 +210,7 @@ def recorded(session: Session, job_ids: list[str]) -> dict[str, Recorded]:
     """id -> what the registry holds. Workers report this, not what they computed,
     so Celery's result and the registry agree even after duplicate deliveries."""
     rows = session.scalars(select(Job).where(Job.id.in_(job_ids)))
-    out = {}
-    for job in rows:
-        result = None
-        if job.status == JobStatus.SUCCEEDED and job.finish_reason is not None:
-            result = GenerationResult(
-                text=job.text or "",
-                finish_reason=FinishReason(job.finish_reason),
-                prompt_tokens=job.prompt_tokens or 0,
-                completion_tokens=job.completion_tokens or 0,
-            )
-        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
-        out[job.id] = Recorded(status=job.status, result=result, error=error)
-    return out
+    return {job.id: Recorded(status=job.status, result=result_of(job), error=error_of(job)) for job in rows}
 
 
 def fail_one(session: Session, *, job_id: str, worker: str, code: str, message: str) -> None:

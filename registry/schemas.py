@@ -124,10 +124,6 @@ class GenerationResult(BaseModel):
     completion_tokens: int
 
 
-class JobResultView(GenerationResult):
-    pass
-
-
 class JobError(BaseModel):
     code: str
     message: str
@@ -149,7 +145,7 @@ class JobView(BaseModel):
     worker: str | None = None
     queue_wait_s: float | None = None
     run_time_s: float | None = None
-    result: JobResultView | None = None
+    result: GenerationResult | None = None
     error: JobError | None = None
 
 

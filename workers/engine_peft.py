@@ -77,14 +77,14 @@ class PeftGenerator:
         self.base = base.to(self.device).eval()
         self.name = base_model.name
         self.model: PeftModel | None = None
-        self.resident: OrderedDict[str, None] = OrderedDict()  # LRU order of adapter keys
-        self._resident_snapshot: frozenset[str] = frozenset()  # for readers on other threads
+        self.resident: OrderedDict[str, str] = OrderedDict()  # adapter key -> name, in LRU order
+        self._resident_names: frozenset[str] = frozenset()  # snapshot for readers on other threads
         eos = self.base.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.max_positions = int(getattr(self.base.config, "max_position_embeddings", 2048))
 
-    def resident_keys(self) -> frozenset[str]:
-        return self._resident_snapshot
+    def resident_adapters(self) -> frozenset[str]:
+        return self._resident_names
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.base.parameters())
@@ -128,8 +128,8 @@ class PeftGenerator:
                 continue
             self._evict_for(set(refs))
             self._load(ref)
-            self.resident[key] = None
-        self._resident_snapshot = frozenset(self.resident)
+            self.resident[key] = ref.name
+        self._resident_names = frozenset(self.resident.values())
 
     def _evict_for(self, needed: set[str]) -> None:
         while len(self.resident) >= self.max_loras:

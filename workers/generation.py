@@ -21,7 +21,7 @@ class AdapterRef:
     key: str
     uri: str
     sha256: str
-    name: str = ""  # the adapter's name (its queue is lora.<name>), for the sticky policy
+    name: str = ""  # the adapter's name (its queue is lora.<name>), reported to the sticky policy
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Generator(Protocol):
         the caller then retries rows alone to isolate a bad one."""
         ...
 
-    def resident_keys(self) -> frozenset[str]:
-        """Keys of the adapters loaded now; safe to call from another thread."""
+    def resident_adapters(self) -> frozenset[str]:
+        """Names of the adapters loaded now (any version); safe to call from another thread."""
         ...
 
     def describe(self) -> str:

@@ -14,13 +14,13 @@ import time
 from collections.abc import Sequence
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from registry.queues import queue_name
 from registry.schemas import Priority
 from workers.sticky import QueueState
 
-KOMBU_SEP = "\x06\x16"  # kombu's separator between a queue name and its priority step
-PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default Redis priority steps (Priority values sit on them)
+KOMBU_SEP: str = Channel.sep  # between a queue name and its priority step (Priority values sit on the steps)
 
 
 def priority_key(queue: str, step: int) -> str:

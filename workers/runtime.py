@@ -89,17 +89,14 @@ class Runtime:
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
-        self._names: dict[str, str] = {}  # adapter key -> adapter name
         self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(self.run_batch, max_rows=max_rows, wait_s=wait_s)
 
     def resident_adapters(self) -> set[str]:
         """Names of the adapters whose weights the engine holds now (any version)."""
-        keys = self.generator.resident_keys()
-        return {name for key, name in list(self._names.items()) if key in keys}
+        return set(self.generator.resident_adapters())
 
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""
-        self._names[adapter_key(task)] = task.adapter
         return self.batcher.submit(task).result()
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:

@@ -23,9 +23,8 @@ The rules, in order:
    together with the others that became overdue.
 
 At most ``slots`` queues are consumed, so every pulled batch fits the
-engine's adapter slots without thrashing. Several workers running the same
-policy cooperate through Redis: each prefers what it holds, and a hot queue
-that several workers choose is drained by all of them.
+engine's adapter slots without thrashing. Each worker runs the policy on its
+own resident set; workers share nothing but the Redis queues.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import os
 import random
 import secrets
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from gateway.stack import Stack, StackConfig, free_port, wait_ready
+from gateway.stack import Stack, StackConfig, free_port, wait_ready, worker_argv
 from registry.db import make_engine, session_factory
 from registry.migrate import upgrade
 from registry.models import Job
@@ -35,26 +36,7 @@ JOBS = 500
 
 
 def spawn_worker(stack: Stack, name: str) -> None:
-    stack.spawn(
-        name,
-        [
-            os.sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-P",
-            "threads",
-            "-n",
-            f"{name}@%h",
-            "-Q",
-            "loraq.default",
-            "--loglevel",
-            "INFO",
-        ],
-        extra_env={"LORAQ_BATCH_WAIT_MS": "20", "LORAQ_VISIBILITY_TIMEOUT_S": "6"},
-    )
+    stack.spawn(name, worker_argv(name), extra_env={"LORAQ_BATCH_WAIT_MS": "20", "LORAQ_VISIBILITY_TIMEOUT_S": "6"})
 
 
 def counts(sessions) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -79,7 +61,7 @@ def test_killed_workers_lose_nothing_and_record_every_job_once(tmp_path: Path, r
         stack.spawn(
             "gateway",
             [
-                os.sys.executable,
+                sys.executable,
                 "-m",
                 "uvicorn",
                 "--factory",

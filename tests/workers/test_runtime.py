@@ -98,8 +98,8 @@ class PoisonOnce:
             raise RuntimeError("kernel crashed")
         return self.engine.generate(requests)
 
-    def resident_keys(self) -> frozenset[str]:
-        return self.engine.resident_keys()
+    def resident_adapters(self) -> frozenset[str]:
+        return self.engine.resident_adapters()
 
     def describe(self) -> str:
         return "poisoned"
