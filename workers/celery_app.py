@@ -21,6 +21,9 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int = 20) -> Celery:
         # a dead worker's jobs come back within visibility_timeout + 2 s.
         "unacked_restore_interval": 2,
         "unacked_restore_throttle": 1,
+        # The sweep holds a Redis mutex; kombu lets it live 300 s, so a worker
+        # killed while holding it would block every restore for five minutes.
+        "unacked_mutex_expire": 10,
     }
     app.conf.update(
         task_serializer="json",
