@@ -33,7 +33,9 @@ log = logging.getLogger("loraq.worker")
 
 settings = WorkerSettings()
 app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
-app.conf.update(worker_pool="threads", worker_concurrency=settings.max_batch_rows)
+# Two batches of threads: the next batch's messages arrive while one runs
+# (double buffering); prefetch stays bounded at two batches.
+app.conf.update(worker_pool="threads", worker_concurrency=2 * settings.max_batch_rows)
 sessions = session_factory(engine_from_settings(settings.db))
 
 
@@ -106,7 +108,14 @@ def _heartbeat() -> None:
     current = runtime.current()
     if current is not None:
         ttl = max(3, int(3 * settings.queue_refresh_s))
-        heartbeat.announce(broker, name=current.worker_name, resident=_resident(), holding=len(tags), ttl_s=ttl)
+        heartbeat.announce(
+            broker,
+            name=current.worker_name,
+            resident=_resident(),
+            holding=len(tags),
+            loads=current.generator.adapter_loads(),
+            ttl_s=ttl,
+        )
 
 
 app.steps["consumer"].add(
@@ -121,7 +130,8 @@ app.steps["consumer"].add(
             batch_rows=settings.max_batch_rows,
             min_swap_depth=settings.min_swap_depth,
         ),
-        interval=settings.queue_refresh_s,
+        plan_interval=settings.plan_interval_ms / 1000,
+        refresh_interval=settings.queue_refresh_s,
     )
 )
 

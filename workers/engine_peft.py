@@ -79,12 +79,16 @@ class PeftGenerator:
         self.model: PeftModel | None = None
         self.resident: OrderedDict[str, str] = OrderedDict()  # adapter key -> name, in LRU order
         self._resident_names: frozenset[str] = frozenset()  # snapshot for readers on other threads
+        self._loads = 0
         eos = self.base.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.max_positions = int(getattr(self.base.config, "max_position_embeddings", 2048))
 
     def resident_adapters(self) -> frozenset[str]:
         return self._resident_names
+
+    def adapter_loads(self) -> int:
+        return self._loads
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.base.parameters())
@@ -153,6 +157,7 @@ class PeftGenerator:
         else:
             self.model.load_adapter(path, adapter_name=ref.key)
         self.model.eval()
+        self._loads += 1
 
     @torch.inference_mode()
     def _generate_group(self, rows: list[GenRequest]) -> list[GenerationResult]:

@@ -45,3 +45,7 @@ class Generator(Protocol):
     def describe(self) -> str:
         """One line for the start-up log: model, device, dtype, memory."""
         ...
+
+    def adapter_loads(self) -> int:
+        """Adapters loaded since start (each is a swap); announced in the heartbeat for operators and benchmarks."""
+        ...

@@ -30,8 +30,8 @@ def refresh_visibility(client: redis.Redis, tags: Iterable[str], *, now: float |
     return int(client.zadd(UNACKED_INDEX, mapping, xx=True, ch=True))
 
 
-def announce(client: redis.Redis, *, name: str, resident: Iterable[str], holding: int, ttl_s: int) -> None:
-    record = {"name": name, "resident": sorted(resident), "holding": holding, "at": time.time()}
+def announce(client: redis.Redis, *, name: str, resident: Iterable[str], holding: int, loads: int, ttl_s: int) -> None:
+    record = {"name": name, "resident": sorted(resident), "holding": holding, "loads": loads, "at": time.time()}
     client.set(WORKER_KEY.format(name=name), json.dumps(record), ex=ttl_s)
 
 

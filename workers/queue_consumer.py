@@ -1,21 +1,28 @@
 """The consumer bootstep that makes a running worker adapter-sticky.
 
-Every ``interval`` seconds, on the consumer's timer:
+Every ``plan_interval`` seconds, on the consumer's timer:
 
 1. read the state of every routed adapter's queue (depth, oldest age,
-   interactive backlog) and the adapters resident in the engine;
+   interactive backlog: one pipelined round trip) and the adapters resident
+   in the engine;
 2. ask the pure policy (:func:`workers.sticky.choose_queues`) which queues
    to consume, and add / cancel consumers to match
    (``Consumer.add_task_queue`` / ``cancel_task_queue``); messages already
-   reserved from a cancelled queue still run;
-3. heartbeat: refresh the Redis visibility timestamps of every message this
-   worker holds, so that only a dead worker's messages come back after
-   the (short) visibility timeout, and publish the worker's liveness.
+   reserved from a cancelled queue still run.
+
+Planning is frequent because a worker whose chosen queues drained sits idle
+until the next plan. Every ``refresh_interval`` seconds it also re-reads the
+routed adapter names from the registry and heartbeats: refreshes the Redis
+visibility timestamps of every message this worker holds, so that only a
+dead worker's messages come back after the (short) visibility timeout, and
+publishes the worker's liveness.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -54,7 +61,8 @@ def make_sticky_consumer(
     resident: Callable[[], set[str]],
     heartbeat: Callable[[], None],
     config: StickyConfig,
-    interval: float,
+    plan_interval: float,
+    refresh_interval: float,
 ) -> type[bootsteps.StartStopStep]:
     class StickyConsumer(bootsteps.StartStopStep):  # type: ignore[misc]
         requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -62,10 +70,12 @@ def make_sticky_consumer(
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.tref: Any = None
+            self.names: list[str] = []
+            self.refreshed = -math.inf
 
         def start(self, c: Any) -> None:
             self.tick(c)
-            self.tref = c.timer.call_repeatedly(interval, self.tick, (c,), priority=10)
+            self.tref = c.timer.call_repeatedly(plan_interval, self.tick, (c,), priority=10)
 
         def stop(self, c: Any) -> None:
             if self.tref is not None:
@@ -74,8 +84,11 @@ def make_sticky_consumer(
 
         def tick(self, c: Any) -> None:
             try:
-                heartbeat()
-                names = adapters()
+                if time.monotonic() - self.refreshed >= refresh_interval:
+                    heartbeat()
+                    self.names = adapters()
+                    self.refreshed = time.monotonic()
+                names = self.names
                 consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
                 add, cancel = plan(states(names), resident=resident(), consuming=consuming, config=config)
             except Exception:  # Redis or the registry briefly unreachable: try next tick

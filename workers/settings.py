@@ -24,7 +24,10 @@ class WorkerSettings(BaseSettings):
     batch_wait_ms: int = Field(default=25, ge=0, le=5000, description="How long a batch waits to fill.")
     max_loras: int = Field(default=8, ge=1, description="Adapters resident at once.")
     queue_refresh_s: float = Field(
-        default=1.0, gt=0, description="How often the worker re-plans its queues and heartbeats."
+        default=1.0, gt=0, description="How often the worker re-reads the adapter list and heartbeats."
+    )
+    plan_interval_ms: int = Field(
+        default=100, ge=10, le=10_000, description="How often the worker re-plans which adapter queues it consumes."
     )
     visibility_timeout_s: int = Field(
         default=20,

@@ -104,6 +104,9 @@ class PoisonOnce:
     def describe(self) -> str:
         return "poisoned"
 
+    def adapter_loads(self) -> int:
+        return self.engine.adapter_loads()
+
 
 def test_a_poison_job_is_retried_then_fails_alone_after_max_attempts(
     session_factory: sessionmaker[Session], generator: PeftGenerator

