@@ -29,6 +29,7 @@ import os
 import random
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -292,4 +293,5 @@ def wait_workers(redis_url: str, count: int, timeout: float = 120) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up (children, Redis) as Ctrl-C does
     main()

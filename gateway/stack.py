@@ -188,6 +188,12 @@ def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
     raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f}s: {last}")
 
 
+def gateway_argv(host: str, port: int) -> list[str]:
+    """The command line of the gateway: uvicorn serving the app factory."""
+    app = ["uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
+    return [sys.executable, "-m", *app, "--host", host, "--port", str(port)]
+
+
 def worker_argv(name: str) -> list[str]:
     """The command line of one Celery worker process named ``name@host``."""
     return [
@@ -244,22 +250,7 @@ def start(config: StackConfig) -> Stack:
             _start_redis(stack, binary)
         upgrade(database_url)
         py = sys.executable
-        stack.spawn(
-            "gateway",
-            [
-                py,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "gateway.app:create_app",
-                "--host",
-                config.host,
-                "--port",
-                str(config.port),
-                "--log-level",
-                "warning",
-            ],
-        )
+        stack.spawn("gateway", gateway_argv(config.host, config.port))
         for i in range(1, config.workers + 1):
             stack.spawn(f"worker{i}", worker_argv(f"worker{i}"))
         stack.spawn(

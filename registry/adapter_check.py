@@ -23,7 +23,7 @@ from registry.errors import InvalidAdapter
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
+LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
 _DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": "bf16"}
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -109,7 +109,7 @@ def base_weight_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _load_config(path: Path) -> dict[str, Any]:
+def load_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise InvalidAdapter(
@@ -125,7 +125,18 @@ def _load_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _check_config(cfg: dict[str, Any]) -> None:
+_UNBATCHABLE = {
+    "lora_bias": "a bias on lora_B",
+    "layer_replication": "layer_replication",
+    "trainable_token_indices": "trainable tokens",
+    "target_parameters": "LoRA on parameters (target_parameters)",
+    "alora_invocation_tokens": "activated LoRA (aLoRA)",
+    "use_bdlora": "block-diagonal LoRA",
+}
+
+
+def check_lora_config(cfg: dict[str, Any]) -> None:
+    """Refuse what a mixed-adapter batch cannot serve (shared by the registry and the engine)."""
     if cfg.get("peft_type") != "LORA":
         raise InvalidAdapter(
             f"peft_type {cfg.get('peft_type')!r} is not served; loraq serves LoRA adapters only.",
@@ -142,6 +153,12 @@ def _check_config(cfg: dict[str, Any]) -> None:
             "retrain with LoRA on those modules instead.",
             code="adapter_modules_to_save_unsupported",
         )
+    for option, what in _UNBATCHABLE.items():
+        if cfg.get(option):
+            raise InvalidAdapter(
+                f"{what} ({option} in {CONFIG_FILE}) is not served in mixed batches; retrain with plain LoRA.",
+                code="adapter_feature_unsupported",
+            )
 
 
 def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ...]]) -> dict[str, int]:
@@ -149,7 +166,7 @@ def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ..
     ranks: dict[str, int] = {}
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, meta in tensors.items():
-        match = _LORA_KEY.match(name)
+        match = LORA_KEY.match(name)
         if match is None:
             raise InvalidAdapter(
                 f"tensor {name!r} is not a LoRA A/B weight; only plain LoRA is served.",
@@ -236,8 +253,8 @@ def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int) -> AdapterInfo
     path = local_path(uri).resolve()
     if not path.is_dir():
         raise InvalidAdapter(f"adapter directory {path} does not exist.", code="adapter_not_found")
-    cfg = _load_config(path)
-    _check_config(cfg)
+    cfg = load_config(path)
+    check_lora_config(cfg)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         pickled = [p for p in PICKLE_FILES if (path / p).exists()]

@@ -58,6 +58,7 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=64, ge=1, description="Upper bound on generated tokens.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens; 0 = all.")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: list[str] = Field(default_factory=list, max_length=4, description="Up to 4 stop strings.")
 

@@ -52,7 +52,7 @@ def sampling_group(req: GenRequest) -> tuple[object, ...]:
         return ("greedy",)
     if s.seed is not None:
         return ("seeded", req.job_id)
-    return ("sample", s.temperature, s.top_p)
+    return ("sample", s.temperature, s.top_p, s.top_k)
 
 
 class PeftGenerator:
@@ -205,4 +205,4 @@ class PeftGenerator:
     def _sampling_kwargs(s: SamplingParams) -> dict[str, object]:
         if s.temperature == 0:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": None}
+        return {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k or None}

@@ -15,3 +15,17 @@ class AdapterLoadFailed(EngineError):
 
 class PromptTooLong(EngineError):
     code = "prompt_too_long"
+
+
+class AdapterRefused(EngineError):
+    """An adapter this engine cannot serve in a mixed batch; ``code`` says which rule it breaks."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RequestTooLarge(EngineError):
+    """A row whose KV cache alone would not fit the worker's memory budget."""
+
+    code = "request_too_large_for_worker"

@@ -1,0 +1,432 @@
+"""The loraq engine: one resident base model, adapter slots, continuous batching.
+
+- **Mixed-LoRA layers** (:mod:`workers.engine_layers`): every linear module
+  of the decoder blocks is wrapped once; a forward serves rows of different
+  adapters with two batched matmuls per module.
+- **Continuous batching**: a step loop over the running rows. Between steps,
+  pending rows join (their prompts are prefilled in one forward and their KV
+  cache is merged into the running batch's, left-padded to a common length)
+  and finished rows leave (their cache rows are dropped and the common left
+  padding trimmed). Each row has its own sampling settings, seed, stop
+  strings and token budget.
+- **Adapter tiers**: device slots (``max_loras``; eviction by
+  :func:`workers.slots.choose_slot`, never a slot a running row uses), a host
+  LRU cache by bytes (``max_cpu_loras_mb``), and the disk tier
+  (:mod:`workers.engine_store`). Host loads run on a background thread: a row
+  whose adapter is cold waits in ``pending`` while the others run.
+- **Memory budget** (:mod:`workers.memory`): rows join only while their KV
+  cache fits; one that never could is refused with a clear error.
+
+PEFT is the oracle: for every supported adapter, a row's logits equal PEFT's
+for that adapter alone (tests/workers/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from registry.schemas import GenerationResult
+from workers import memory
+from workers.decoding import finish_row
+from workers.engine_adapters import HostAdapter, read_adapter
+from workers.engine_layers import wrap
+from workers.engine_sampling import choose_tokens, row_generator
+from workers.engine_store import local_dir
+from workers.errors import PromptTooLong, RequestTooLarge
+from workers.generation import AdapterRef, GenRequest
+from workers.slots import Slot, choose_slot, host_evictions
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_EVERY = 4  # decode steps between cancellation checks (one Redis MGET)
+
+
+@dataclass
+class _Row:
+    index: int  # position in the caller's request list
+    req: GenRequest
+    prompt_ids: list[int]
+    cap: int  # new tokens allowed: max_tokens, bounded by the model's positions
+    generator: torch.Generator | None
+    slot: int = 0
+    tokens: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def need(self) -> int:
+        return len(self.prompt_ids) + self.cap
+
+    @property
+    def key(self) -> str | None:
+        return self.req.adapter.key if self.req.adapter else None
+
+
+class _KVBatch:
+    """The running rows' KV cache, left-padded to one length, and its attention mask."""
+
+    def __init__(self) -> None:
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, length], 1 = real token
+
+    def add(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self.cache is None or self.mask is None:
+            self.cache, self.mask = cache, mask
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, length, dim=2), _left_pad(new.keys, length, dim=2)])
+            old.values = torch.cat([_left_pad(old.values, length, dim=2), _left_pad(new.values, length, dim=2)])
+        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices), then drop the columns that are padding for all of them."""
+        if not rows:
+            self.cache = self.mask = None
+            return
+        assert self.cache is not None and self.mask is not None
+        index = torch.tensor(rows, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())  # leading columns every row pads
+        self.mask = mask[:, pad:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, pad:]
+            layer.values = layer.values.index_select(0, index)[:, :, pad:]
+
+    def extend(self) -> torch.Tensor:
+        assert self.mask is not None
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        return self.mask
+
+
+def _left_pad(t: torch.Tensor, length: int, *, dim: int) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class LoraEngine:
+    def __init__(
+        self,
+        *,
+        base_model: Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_loras: int = 8,
+        max_rows: int = 16,
+        max_lora_rank: int = 64,
+        max_cpu_loras_mb: int = 1024,
+        memory_budget_mb: int | None = None,
+        cache_dir: Path | None = None,
+        cancelled: Callable[[Sequence[str]], set[str]] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype: torch.dtype = getattr(torch, dtype)
+        self.max_loras = max_loras
+        self.max_rows = max_rows
+        self.r_max = max_lora_rank
+        self.host_budget = max_cpu_loras_mb * 2**20
+        self.cache_dir = cache_dir or Path(os.environ.get("LORAQ_HOME", ".loraq")) / "adapter-cache"
+        self.cancelled = cancelled
+        self.name = base_model.name
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(base_model, dtype=self.dtype)
+        self.model = model.to(self.device).eval()
+        self.batch, self.layers = wrap(self.model, slots=max_loras + 1, r_max=max_lora_rank)
+        self.shapes = {name: (layer.in_features, layer.out_features) for name, layer in self.layers.items()}
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))  # masked out anyway
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.budget = self._plan_memory(memory_budget_mb)
+        # Tiers. Slot i+1 of the layers holds self.slots[i]; slot 0 is the base model.
+        self.slots = [Slot(key=None, last_used=0.0) for _ in range(max_loras)]
+        self.slot_names: dict[str, str] = {}  # adapter key -> name, for resident_adapters
+        self.host: OrderedDict[str, HostAdapter] = OrderedDict()  # LRU, oldest first
+        self.loading: dict[str, Future[HostAdapter]] = {}
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loraq-adapter-load")
+        self._lock = threading.Lock()
+        self._resident: frozenset[str] = frozenset()
+        self._loads = 0
+        self._slot_map: list[int] | None = None
+        self._ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
+        self._rank = 0  # max rank over adapters in slots: the width the layers gather
+
+    # -- the Generator interface -------------------------------------------------
+
+    def resident_adapters(self) -> frozenset[str]:
+        return self._resident
+
+    def adapter_loads(self) -> int:
+        return self._loads
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"loraq engine: {self.name} on {self.device} ({self.dtype}), {params / 1e6:.2f}M params, "
+            f"{len(self.layers)} LoRA modules, max_loras={self.max_loras} rank<={self.r_max}, "
+            f"max_rows={self.max_rows}; {self.budget.describe()}"
+        )
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenerationResult]:
+        """Run every request to completion; at most ``max_rows`` run at once, the rest join as rows finish."""
+        with self._lock:
+            rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+            for row in rows:
+                if row.req.adapter is not None:
+                    self._start_load(row.req.adapter)
+            results = self._run(rows)
+        return [results[i] for i in range(len(requests))]
+
+    # -- preparation and the step loop -------------------------------------------
+
+    def _prepare(self, index: int, req: GenRequest) -> _Row:
+        ids: list[int] = self.tokenizer(req.prompt)["input_ids"]
+        room = self.max_positions - len(ids)
+        if room < 1:
+            raise PromptTooLong(f"prompt of {len(ids)} tokens leaves no room in the model's {self.max_positions}")
+        row = _Row(
+            index=index,
+            req=req,
+            prompt_ids=ids,
+            cap=min(req.sampling.max_tokens, room),
+            generator=row_generator(req.sampling, self.device),
+        )
+        if row.need > self.budget.kv_tokens:
+            raise RequestTooLarge(
+                f"prompt ({len(ids)}) + max_tokens ({row.cap}) tokens exceed this worker's KV cache of "
+                f"{self.budget.kv_tokens} tokens; lower max_tokens or raise LORAQ_MEMORY_BUDGET_MB"
+            )
+        return row
+
+    @torch.inference_mode()
+    def _run(self, rows: list[_Row]) -> dict[int, GenerationResult]:
+        results: dict[int, GenerationResult] = {}
+        pending = deque(rows)
+        running: list[_Row] = []
+        kv = _KVBatch()
+        steps = 0
+        while pending or running:
+            self._collect_loads(block=not running and not self._admissible(pending))
+            joined = self._admit(pending, running)
+            if joined:
+                self._prefill(joined, kv)
+                running += joined
+                running = self._retire(running, kv, results)
+            if running:
+                self._decode(running, kv)
+                steps += 1
+                if self.cancelled is not None and steps % CANCEL_CHECK_EVERY == 0:
+                    stopped = self.cancelled([r.req.job_id for r in running])
+                    for r in running:
+                        r.cancelled = r.cancelled or r.req.job_id in stopped
+                running = self._retire(running, kv, results)
+        return results
+
+    def _admissible(self, pending: deque[_Row]) -> bool:
+        return any(r.key is None or r.key in self.host or self._slot_of(r.key) for r in pending)
+
+    def _admit(self, pending: deque[_Row], running: list[_Row]) -> list[_Row]:
+        """Pending rows that can join now: room in the batch and the KV budget, adapter in a slot."""
+        joined: list[_Row] = []
+        waiting: deque[_Row] = deque()
+        while pending:
+            row = pending.popleft()
+            now = running + joined
+            if len(now) >= self.max_rows or not memory.fits(
+                running_needs=[r.need for r in now], need=row.need, kv_tokens=self.budget.kv_tokens
+            ):
+                waiting.append(row)
+                break
+            slot = self._slot_for(row, pinned={r.key for r in now if r.key})
+            if slot is None:  # adapter still loading, or every slot in use by running rows
+                waiting.append(row)
+                continue
+            row.slot = slot
+            joined.append(row)
+        pending.extendleft(reversed(waiting))
+        return joined
+
+    def _prefill(self, rows: list[_Row], kv: _KVBatch) -> None:
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        self._use_slots([r.slot for r in rows])
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        self._append(rows, out.logits[:, -1, :])
+        kv.add(cache, mask)
+
+    def _decode(self, rows: list[_Row], kv: _KVBatch) -> None:
+        ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[len(r.prompt_ids) + len(r.tokens) - 1] for r in rows], device=self.device)
+        mask = kv.extend()
+        self._use_slots([r.slot for r in rows])
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=kv.cache, use_cache=True)
+        self._append(rows, out.logits[:, -1, :])
+
+    def _append(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        tokens = choose_tokens(logits, [r.req.sampling for r in rows], [r.generator for r in rows])
+        now = time.monotonic()
+        for r, t in zip(rows, tokens, strict=True):
+            r.tokens.append(t)
+            if r.slot:
+                self.slots[r.slot - 1] = Slot(key=r.key, last_used=now)
+
+    def _retire(self, rows: list[_Row], kv: _KVBatch, results: dict[int, GenerationResult]) -> list[_Row]:
+        """Move finished rows to ``results`` and out of the KV cache; return the rows still running."""
+        keep = []
+        for i, r in enumerate(rows):
+            if self._finished(r):
+                results[r.index] = self._result(r)
+            else:
+                keep.append(i)
+        if len(keep) < len(rows):
+            kv.keep(keep)
+        return [rows[i] for i in keep]
+
+    def _finished(self, r: _Row) -> bool:
+        if r.cancelled or len(r.tokens) >= r.cap or r.tokens[-1] in self.eos_ids:
+            return True
+        stops = r.req.sampling.stop
+        return bool(stops) and any(s in self._decode_text(r.tokens) for s in stops)
+
+    def _result(self, r: _Row) -> GenerationResult:
+        return finish_row(
+            r.tokens,
+            sampling=r.req.sampling.model_copy(update={"max_tokens": r.cap}),
+            eos_ids=self.eos_ids,
+            pad_id=None,
+            prompt_tokens=len(r.prompt_ids),
+            decode=self._decode_text,
+        )
+
+    def _decode_text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _use_slots(self, slots: list[int]) -> None:
+        """Tell the layers the row -> slot map of the next forward (re-gather only when it changed)."""
+        if slots != self._slot_map:
+            self._slot_map = slots
+            self.batch.set(slots, self.device, rank=self._rank)
+
+    # -- tiers ------------------------------------------------------------------
+
+    def _slot_of(self, key: str) -> int | None:
+        return next((i + 1 for i, s in enumerate(self.slots) if s.key == key), None)
+
+    def _slot_for(self, row: _Row, *, pinned: set[str]) -> int | None:
+        """The row's slot: 0 for the base, a resident slot, or a slot it is copied into now from host memory."""
+        if row.req.adapter is None:
+            return 0
+        key = row.req.adapter.key
+        slot = self._slot_of(key)
+        if slot is not None:
+            return slot
+        adapter = self.host.get(key)
+        if adapter is None:
+            self._start_load(row.req.adapter)  # no-op while it is loading
+            return None
+        slot = choose_slot(self.slots, pinned=pinned)
+        if slot is None:
+            return None
+        self._to_slot(slot, adapter, name=row.req.adapter.name)
+        return slot
+
+    def _to_slot(self, slot: int, adapter: HostAdapter, *, name: str) -> None:
+        old = self.slots[slot - 1].key
+        if old is not None:
+            self.slot_names.pop(old, None)
+        for module, layer in self.layers.items():
+            delta = adapter.modules.get(module)
+            if delta is None:
+                layer.load_slot(slot, None, None, 0.0)
+            else:
+                a = delta.a.to(self.device, non_blocking=True)
+                b = delta.b.to(self.device, non_blocking=True)
+                layer.load_slot(slot, a, b, delta.scale)
+        self.slots[slot - 1] = Slot(key=adapter.key, last_used=time.monotonic())
+        self.slot_names[adapter.key] = name or adapter.key
+        self.host.move_to_end(adapter.key)
+        self._ranks[slot] = adapter.rank
+        self._rank = max(self._ranks.values())
+        self._slot_map = None  # weights changed: gathers are stale
+        self._resident = frozenset(self.slot_names.values())
+        self._loads += 1
+
+    def _start_load(self, ref: AdapterRef) -> None:
+        if ref.key in self.host or ref.key in self.loading or self._slot_of(ref.key):
+            return
+        self.loading[ref.key] = self._loader.submit(self._read, ref)
+
+    def _read(self, ref: AdapterRef) -> HostAdapter:
+        path = local_dir(ref.uri, sha256=ref.sha256, cache_dir=self.cache_dir)
+        adapter = read_adapter(
+            path, key=ref.key, sha256=ref.sha256, shapes=self.shapes, r_max=self.r_max, dtype=self.dtype
+        )
+        if self.device.type == "cuda":
+            for delta in adapter.modules.values():  # pinned pages copy to the device asynchronously
+                object.__setattr__(delta, "a", delta.a.pin_memory())
+                object.__setattr__(delta, "b", delta.b.pin_memory())
+        return adapter
+
+    def _collect_loads(self, *, block: bool) -> None:
+        """Move finished background loads into the host cache; raise a failed load's error."""
+        if block and self.loading:
+            next(iter(self.loading.values())).exception()  # wait for one
+        for key, future in list(self.loading.items()):
+            if future.done():
+                del self.loading[key]
+                self.host[key] = future.result()  # raises AdapterLoadFailed / AdapterRefused
+        in_slots = {s.key for s in self.slots if s.key}
+        sizes = [(k, a.nbytes) for k, a in self.host.items()]
+        for key in host_evictions(sizes, budget=self.host_budget, keep=in_slots):
+            del self.host[key]
+
+    # -- memory -------------------------------------------------------------------
+
+    def _plan_memory(self, budget_mb: int | None) -> memory.MemoryBudget:
+        cfg = self.model.config.get_text_config()
+        heads = int(cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        per_token = memory.kv_bytes_per_token(
+            layers=int(cfg.num_hidden_layers),
+            kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+            head_dim=head_dim,
+            dtype_bytes=torch.finfo(self.dtype).bits // 8,
+        )
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        slots = sum(b.numel() * b.element_size() for layer in self.layers.values() for b in layer.buffers())
+        if budget_mb is not None:
+            budget = budget_mb * 2**20
+        elif self.device.type == "cuda":
+            budget = int(0.9 * torch.cuda.mem_get_info(self.device)[1])
+        else:  # a quarter of the host's memory: room for the gateway, Redis and other workers
+            budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        return memory.plan(
+            budget=budget, weights=weights, slots=slots, kv_per_token=per_token, min_tokens=self.max_positions
+        )
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""The worker's memory budget, computed once at start-up and printed.
+
+Pure arithmetic over plain numbers (torch-free, unit-tested). The budget is
+what the engine may use on its device; weights and adapter slots are fixed
+costs, a share is kept for activations, and the rest is KV cache, counted in
+tokens. Rows are admitted only while the KV tokens they may need fit, so a
+burst of long requests waits instead of ending in an out-of-memory crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIVATION_SHARE = 0.1  # of what is left after weights and slots
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    budget: int  # bytes the engine may use
+    weights: int
+    slots: int  # stacked LoRA slot tensors
+    activations: int
+    kv_bytes_per_token: int
+    kv_tokens: int  # KV cache capacity, in tokens over all running rows
+
+    def describe(self) -> str:
+        mib = 2**20
+        return (
+            f"memory budget {self.budget / mib:.0f} MiB = weights {self.weights / mib:.1f} + "
+            f"LoRA slots {self.slots / mib:.1f} + activations {self.activations / mib:.1f} + "
+            f"KV cache {self.kv_tokens} tokens x {self.kv_bytes_per_token} B"
+        )
+
+
+class BudgetTooSmall(ValueError):
+    """The configured budget cannot hold the model plus one full-length row."""
+
+
+def kv_bytes_per_token(*, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    return 2 * layers * kv_heads * head_dim * dtype_bytes  # keys and values
+
+
+def plan(*, budget: int, weights: int, slots: int, kv_per_token: int, min_tokens: int) -> MemoryBudget:
+    """Split ``budget``; refuse to start when fewer than ``min_tokens`` of KV cache (one full row) fit."""
+    rest = budget - weights - slots
+    activations = int(max(0, rest) * ACTIVATION_SHARE)
+    kv_tokens = max(0, rest - activations) // kv_per_token
+    if kv_tokens < min_tokens:
+        need = weights + slots + int(min_tokens * kv_per_token / (1 - ACTIVATION_SHARE))
+        raise BudgetTooSmall(
+            f"a memory budget of {budget / 2**20:.0f} MiB leaves KV cache for {kv_tokens} tokens, fewer than one "
+            f"full-length row ({min_tokens}); set LORAQ_MEMORY_BUDGET_MB to at least {need / 2**20:.0f}, "
+            "or lower LORAQ_MAX_LORAS / LORAQ_MAX_LORA_RANK"
+        )
+    return MemoryBudget(
+        budget=budget,
+        weights=weights,
+        slots=slots,
+        activations=activations,
+        kv_bytes_per_token=kv_per_token,
+        kv_tokens=kv_tokens,
+    )
+
+
+def fits(*, running_needs: list[int], need: int, kv_tokens: int) -> bool:
+    """Whether a row needing ``need`` tokens may join rows needing ``running_needs``.
+
+    The running batch's cache is left-padded to its longest row, so it
+    costs rows x longest, not the sum.
+    """
+    rows = len(running_needs) + 1
+    return rows * max([need, *running_needs]) <= kv_tokens
