@@ -147,6 +147,7 @@ class LoraEngine:
         self.model = model.to(self.device).eval()
         self.batch, self.layers = wrap(self.model, slots=max_loras + 1, r_max=max_lora_rank)
         self.shapes = {name: (layer.in_features, layer.out_features) for name, layer in self.layers.items()}
+        self.module_names = frozenset(name for name, _ in self.model.named_modules())
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         pad = self.tokenizer.pad_token_id
@@ -262,6 +263,15 @@ class LoraEngine:
         return joined
 
     def _prefill(self, rows: list[_Row], kv: _KVBatch) -> None:
+        cache = DynamicCache()
+        logits, mask = self._forward_prompts(rows, cache=cache, last_only=True)
+        self._append(rows, logits[:, -1, :])
+        kv.add(cache, mask)
+
+    def _forward_prompts(
+        self, rows: list[_Row], *, cache: DynamicCache | None, last_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over the rows' prompts, left-padded; returns logits and the attention mask."""
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -270,13 +280,32 @@ class LoraEngine:
             mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
         self._use_slots([r.slot for r in rows])
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1 if last_only else 0,
         )
-        self._append(rows, out.logits[:, -1, :])
-        kv.add(cache, mask)
+        return out.logits, mask
+
+    @torch.inference_mode()
+    def score(self, requests: Sequence[GenRequest]) -> list[torch.Tensor]:
+        """Each prompt's logits at every prompt position ([tokens, vocab]), rows of different
+        adapters in one forward. At most ``max_loras`` distinct adapters."""
+        with self._lock:
+            rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+            keys = {r.key for r in rows if r.key}
+            if len(keys) > self.max_loras:
+                raise ValueError(f"{len(keys)} adapters in one forward; this engine holds {self.max_loras}")
+            for row in rows:
+                while (slot := self._slot_for(row, pinned=keys)) is None:
+                    self._collect_loads(block=True)
+                row.slot = slot
+            logits, _ = self._forward_prompts(rows, cache=None, last_only=False)
+        return [logits[i, logits.shape[1] - len(r.prompt_ids) :] for i, r in enumerate(rows)]
 
     def _decode(self, rows: list[_Row], kv: _KVBatch) -> None:
         ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
@@ -383,7 +412,13 @@ class LoraEngine:
     def _read(self, ref: AdapterRef) -> HostAdapter:
         path = local_dir(ref.uri, sha256=ref.sha256, cache_dir=self.cache_dir)
         adapter = read_adapter(
-            path, key=ref.key, sha256=ref.sha256, shapes=self.shapes, r_max=self.r_max, dtype=self.dtype
+            path,
+            key=ref.key,
+            sha256=ref.sha256,
+            shapes=self.shapes,
+            known=self.module_names,
+            r_max=self.r_max,
+            dtype=self.dtype,
         )
         if self.device.type == "cuda":
             for delta in adapter.modules.values():  # pinned pages copy to the device asynchronously

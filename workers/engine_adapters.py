@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,12 @@ def read_adapter(
     key: str,
     sha256: str | None,
     shapes: Mapping[str, tuple[int, int]],
+    known: Collection[str] = (),
     r_max: int,
     dtype: torch.dtype,
 ) -> HostAdapter:
-    """Parse and check one adapter; ``shapes`` maps each servable module to its (in, out)."""
+    """Parse and check one adapter; ``shapes`` maps each servable module to its (in, out),
+    ``known`` names every other module of the base (for a precise refusal)."""
     try:
         raw = (path / WEIGHTS_FILE).read_bytes()
         cfg = json.loads((path / CONFIG_FILE).read_text())
@@ -84,10 +86,14 @@ def read_adapter(
     for name, tensor in tensors.items():
         match = LORA_KEY.match(name)
         if match is None:
-            raise AdapterRefused(f"tensor {name!r} is not a LoRA A/B weight", code="adapter_weights_invalid")
+            raise AdapterRefused(
+                f"tensor {name!r} is not a LoRA A/B weight; only plain LoRA is served (no saved embeddings, "
+                "biases or full module copies)",
+                code="adapter_weights_invalid",
+            )
         pairs.setdefault(match["module"], {})[match["side"]] = tensor
     modules = {
-        module: _delta(module, sides, cfg=cfg, shape=shapes.get(module), r_max=r_max, dtype=dtype)
+        module: _delta(module, sides, cfg=cfg, shape=shapes.get(module), known=known, r_max=r_max, dtype=dtype)
         for module, sides in pairs.items()
     }
     if not modules:
@@ -102,14 +108,20 @@ def _delta(
     *,
     cfg: Mapping[str, Any],
     shape: tuple[int, int] | None,
+    known: Collection[str],
     r_max: int,
     dtype: torch.dtype,
 ) -> ModuleDelta:
     """One module's pair, checked against the base module's (in, out) and the slot rank."""
     if shape is None:
+        if module in known:
+            raise AdapterRefused(
+                f"LoRA on {module!r} is not served: only the linear modules inside the decoder blocks "
+                "take adapters (not embeddings or the LM head); retrain without it",
+                code="adapter_module_unsupported",
+            )
         raise AdapterRefused(
-            f"module {module!r} is not served (only linear modules inside the decoder blocks are), "
-            "or the adapter belongs to another base model",
+            f"module {module!r} does not exist in the base model; the adapter belongs to another base",
             code="adapter_base_mismatch",
         )
     a, b = sides.get("A"), sides.get("B")

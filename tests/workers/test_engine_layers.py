@@ -1,0 +1,139 @@
+"""PEFT is the oracle: every row of a mixed batch equals PEFT running that row's adapter alone.
+
+Property-based over model families (Llama, Qwen2, Mistral, GPT-2 with its
+Conv1D), ranks, alphas, rsLoRA, target subsets, ``layers_to_transform`` and
+``rank_pattern``/``alpha_pattern``; real tensors in fp32, small shapes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from registry.adapter_check import file_sha256
+from registry.schemas import SamplingParams
+from tests.workers.engine_models import FAMILIES, build_base, load_base, peft_alone, save_adapter
+from workers.engine import LoraEngine
+from workers.errors import AdapterRefused
+from workers.generation import AdapterRef, GenRequest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="loraq-engine-models-"))
+
+
+@cache
+def base_dir(family: str) -> Path:
+    return build_base(family, _ROOT / family)
+
+
+@cache
+def engine(family: str) -> LoraEngine:
+    return LoraEngine(base_model=base_dir(family), max_loras=3, max_rows=8, max_lora_rank=16, memory_budget_mb=64)
+
+
+@st.composite
+def lora_configs(draw: st.DrawFn, family: str) -> dict[str, object]:
+    targets = FAMILIES[family][1]
+    chosen = draw(st.lists(st.sampled_from(targets), min_size=1, max_size=len(targets), unique=True))
+    config: dict[str, object] = {
+        "r": draw(st.sampled_from([1, 2, 4, 8])),
+        "lora_alpha": draw(st.sampled_from([1, 4, 8, 16, 32])),
+        "use_rslora": draw(st.booleans()),
+        "target_modules": chosen,
+    }
+    if draw(st.booleans()):
+        config["layers_to_transform"] = draw(st.sampled_from([[0], [1]]))
+    if draw(st.booleans()):
+        module = draw(st.sampled_from(chosen))
+        config["rank_pattern"] = {module: draw(st.sampled_from([2, 16]))}
+        config["alpha_pattern"] = {module: draw(st.sampled_from([3, 24]))}
+    return config
+
+
+def ref(path: Path, key: str) -> AdapterRef:
+    return AdapterRef(key=key, uri=str(path), sha256=file_sha256(path / "adapter_model.safetensors"), name=key)
+
+
+def request(job: str, prompt: str, adapter: AdapterRef | None) -> GenRequest:
+    return GenRequest(job_id=job, prompt=prompt, sampling=SamplingParams(), adapter=adapter)
+
+
+PROMPTS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ABC0123.,", min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), family=st.sampled_from(sorted(FAMILIES)))
+def test_every_row_of_a_mixed_batch_matches_peft_for_its_adapter_alone(data: st.DataObject, family: str) -> None:
+    eng = engine(family)
+    base = load_base(base_dir(family))
+    configs = data.draw(st.lists(lora_configs(family), min_size=1, max_size=3))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [
+            save_adapter(base, Path(tmp) / f"a{i}", seed=data.draw(st.integers(0, 999)), **c)
+            for i, c in enumerate(configs)
+        ]
+        refs = [ref(p, f"{family}-{tmp}-{i}") for i, p in enumerate(paths)]
+        rows = data.draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, len(refs)),  # 0: the base model
+                    PROMPTS,
+                ),
+                min_size=1,
+                max_size=6,
+            )
+        )
+        requests = [request(str(i), text, refs[which - 1] if which else None) for i, (which, text) in enumerate(rows)]
+        ours = eng.score(requests)
+        for (which, _), req, got in zip(rows, requests, ours, strict=True):
+            oracle = peft_alone(base, paths[which - 1] if which else None)
+            ids = torch.tensor([eng.tokenizer(req.prompt)["input_ids"]])
+            with torch.no_grad():
+                want = oracle(input_ids=ids).logits[0]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_slot_zero_rows_equal_the_base_model_exactly_when_no_adapter_is_in_the_batch() -> None:
+    eng = engine("llama")
+    base = load_base(base_dir("llama"))
+    req = request("b", "base only", None)
+    [got] = eng.score([req])
+    ids = torch.tensor([eng.tokenizer(req.prompt)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(got, base(input_ids=ids).logits[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("lora", "code"),
+    [
+        ({"r": 32, "lora_alpha": 8, "target_modules": ["q_proj"]}, "adapter_rank_too_large"),
+        ({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True}, "adapter_dora_unsupported"),
+        ({"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]}, "adapter_module_unsupported"),
+        (
+            {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+            "adapter_modules_to_save_unsupported",
+        ),
+    ],
+)
+def test_what_a_mixed_batch_cannot_serve_is_refused_at_load_with_a_code(
+    tmp_path: Path, lora: dict[str, object], code: str
+) -> None:
+    eng = engine("llama")
+    path = save_adapter(load_base(base_dir("llama")), tmp_path / "a", seed=1, **lora)
+    req = request("x", "hi", ref(path, f"refused-{code}"))
+    with pytest.raises(AdapterRefused) as info:
+        eng.generate([req])
+    assert info.value.code == code
+    assert "refused-" + code not in eng.resident_adapters()
+
+
+def test_an_adapter_of_another_base_is_refused(tmp_path: Path) -> None:
+    gpt2 = save_adapter(load_base(base_dir("gpt2")), tmp_path / "g", seed=2, r=4, target_modules=["c_attn"])
+    with pytest.raises(AdapterRefused) as info:
+        engine("llama").generate([request("x", "hi", ref(gpt2, "gpt2-on-llama"))])
+    assert info.value.code == "adapter_base_mismatch"
