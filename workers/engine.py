@@ -15,7 +15,8 @@
   (:mod:`workers.engine_store`). Host loads run on a background thread: a row
   whose adapter is cold waits in ``pending`` while the others run.
 - **Memory budget** (:mod:`workers.memory`): rows join only while their KV
-  cache fits; one that never could is refused with a clear error.
+  cache fits, so a burst of long requests queues instead of running out of
+  memory; the engine refuses to start unless one full-length row fits.
 
 PEFT is the oracle: for every supported adapter, a row's logits equal PEFT's
 for that adapter alone (tests/workers/test_engine.py).
@@ -43,7 +44,7 @@ from workers.engine_adapters import HostAdapter, read_adapter
 from workers.engine_layers import wrap
 from workers.engine_sampling import choose_tokens, row_generator
 from workers.engine_store import local_dir
-from workers.errors import PromptTooLong, RequestTooLarge
+from workers.errors import PromptTooLong
 from workers.generation import AdapterRef, GenRequest
 from workers.slots import Slot, choose_slot, host_evictions
 
@@ -207,12 +208,7 @@ class LoraEngine:
             cap=min(req.sampling.max_tokens, room),
             generator=row_generator(req.sampling, self.device),
         )
-        if row.need > self.budget.kv_tokens:
-            raise RequestTooLarge(
-                f"prompt ({len(ids)}) + max_tokens ({row.cap}) tokens exceed this worker's KV cache of "
-                f"{self.budget.kv_tokens} tokens; lower max_tokens or raise LORAQ_MEMORY_BUDGET_MB"
-            )
-        return row
+        return row  # row.need <= max_positions <= kv_tokens: the budget always admits one full row
 
     @torch.inference_mode()
     def _run(self, rows: list[_Row]) -> dict[int, GenerationResult]:

@@ -24,8 +24,3 @@ class AdapterRefused(EngineError):
         super().__init__(message)
         self.code = code
 
-
-class RequestTooLarge(EngineError):
-    """A row whose KV cache alone would not fit the worker's memory budget."""
-
-    code = "request_too_large_for_worker"
