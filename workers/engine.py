@@ -238,9 +238,18 @@ class LoraEngine:
         return any(r.key is None or r.key in self.host or self._slot_of(r.key) for r in pending)
 
     def _admit(self, pending: deque[_Row], running: list[_Row]) -> list[_Row]:
-        """Pending rows that can join now: room in the batch and the KV budget, adapter in a slot."""
+        """Pending rows that can join now: room in the batch and the KV budget, adapter in a slot.
+
+        Rows join in groups of at least a quarter of the batch (unless fewer
+        are waiting): each join costs a prefill forward and a KV-cache merge,
+        so admitting rows one by one as each other row finishes costs more
+        than the few steps a place stays empty.
+        """
         joined: list[_Row] = []
         waiting: deque[_Row] = deque()
+        group = max(1, self.max_rows // 4)
+        if running and self.max_rows - len(running) < min(group, len(pending)):
+            return joined
         while pending:
             row = pending.popleft()
             now = running + joined
@@ -386,17 +395,19 @@ class LoraEngine:
         for module, layer in self.layers.items():
             delta = adapter.modules.get(module)
             if delta is None:
-                layer.load_slot(slot, None, None, 0.0)
+                layer.load_slot(slot, None, None)
             else:
                 a = delta.a.to(self.device, non_blocking=True)
                 b = delta.b.to(self.device, non_blocking=True)
-                layer.load_slot(slot, a, b, delta.scale)
+                layer.load_slot(slot, a, b)
         self.slots[slot - 1] = Slot(key=adapter.key, last_used=time.monotonic())
         self.slot_names[adapter.key] = name or adapter.key
-        self.host.move_to_end(adapter.key)
+        if adapter.key in self.host:
+            self.host.move_to_end(adapter.key)
         self._ranks[slot] = adapter.rank
         self._rank = max(self._ranks.values())
-        self._slot_map = None  # weights changed: gathers are stale
+        self._slot_map = None
+        self.batch.touch()  # the slot's weights changed: the layers' copies are stale
         self._resident = frozenset(self.slot_names.values())
         self._loads += 1
 

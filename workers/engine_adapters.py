@@ -28,9 +28,11 @@ from workers.errors import AdapterLoadFailed, AdapterRefused
 
 @dataclass(frozen=True)
 class ModuleDelta:
-    a: torch.Tensor  # lora_A [r, in]
-    b: torch.Tensor  # lora_B [out, r]
-    scale: float  # alpha / r (alpha / sqrt(r) with rsLoRA)
+    """One module's pair in the slot layout, prepared off the step loop: a swap is then a plain copy."""
+
+    a: torch.Tensor  # lora_A transposed: [in, r], contiguous
+    b: torch.Tensor  # lora_B transposed and times the scale: [r, out], contiguous
+    scale: float  # alpha / r (alpha / sqrt(r) with rsLoRA), already in b
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def read_adapter(
     if not modules:
         raise AdapterRefused("the adapter holds no LoRA weights", code="adapter_weights_invalid")
     nbytes = sum(m.a.numel() * m.a.element_size() + m.b.numel() * m.b.element_size() for m in modules.values())
-    return HostAdapter(key=key, modules=modules, nbytes=nbytes, rank=max(m.a.shape[0] for m in modules.values()))
+    return HostAdapter(key=key, modules=modules, nbytes=nbytes, rank=max(m.a.shape[1] for m in modules.values()))
 
 
 def _delta(
@@ -140,4 +142,7 @@ def _delta(
         )
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise AdapterRefused(f"module {module!r} has NaN or infinite weights", code="adapter_weights_not_finite")
-    return ModuleDelta(a=a.to(dtype), b=b.to(dtype), scale=module_scale(cfg, module, rank))
+    scale = module_scale(cfg, module, rank)
+    a_t = a.t().to(dtype).contiguous()
+    b_t = (b.t().to(torch.float32) * scale).to(dtype).contiguous()
+    return ModuleDelta(a=a_t, b=b_t, scale=scale)

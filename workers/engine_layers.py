@@ -12,21 +12,25 @@ Slot 0 is "no adapter" and stays zero. Smaller ranks are zero-padded to
 ``layers_to_transform`` coexist (a module an adapter does not touch is zero
 in its slot).
 
-A forward adds, for each row ``i`` of slot ``s_i``, ``x_i A[s_i] B[s_i]``
-with two batched matmuls per module (``bmm`` then ``baddbmm`` into the base
-output). The per-row gathered weights ``A[s]``/``B[s]`` depend only on the
-batch's row -> slot map, which changes only when rows join or leave, so
-they are gathered once per composition and reused by every decode step in
-between; that keeps the extra work per step to two kernels per module
-instead of six, which is what makes a mixed batch cost about the base
-model's time (vLLM's punica kernels get the same effect on GPU by
-segmenting rows by adapter inside one kernel).
+A forward adds, for each row ``i`` of slot ``s_i``, ``x_i A[s_i] B[s_i]``:
+rows are grouped by adapter (index ops), each group runs against its
+adapter's weights in one ``bmm`` for A and one for B over all groups, and the
+results are added back to their rows. No Python loop over rows or adapters.
+
+Why grouped and not per-row gathered weights (``A[s_i]`` for every row):
+decode is bandwidth-bound for the LoRA part, and per-row copies read each
+adapter's weights once per row using it, while groups read them once per
+step. The batch's adapter weights are copied out of the slot stack only
+when the *set* of adapters in the batch changes, not when rows join or
+leave, which with continuous batching happens every few steps. (vLLM's
+punica/SGMV kernels segment rows by adapter inside one GPU kernel; this is
+the same idea with stock torch ops so it runs on CPU and any GPU.)
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,28 +43,56 @@ _IN_BLOCK = re.compile(r"(^|\.)\d+\.")  # a numbered decoder block: model.layers
 class LoRABatch:
     """The row -> slot map of the forward about to run, shared by every wrapped layer.
 
-    ``version`` changes whenever the map or any slot's weights change; layers
-    re-gather their per-row weights when it differs from what they cached.
+    Rows are grouped by adapter: ``group_rows`` lists, for each adapter in the
+    batch (``adapters``, ascending slot) and each of ``per_group`` places, a row
+    of that adapter (places beyond an adapter's row count repeat a row; their
+    results are never read). ``lora_rows``/``lora_places`` map each row that
+    has an adapter to its place. Layers copy the weights of ``adapters`` only
+    when that *set* changes (``weights_version``); rows joining or leaving
+    with adapters already present cost a few index ops, not a weight copy.
     """
 
-    slots: torch.Tensor | None = None  # [rows] long, on the model's device
-    version: int = 0
-    active: frozenset[int] = field(default_factory=frozenset)  # slots != 0 present in the batch
+    adapters: tuple[int, ...] = ()
+    rows: int = 0
+    per_group: int = 0
+    group_rows: torch.Tensor | None = None  # [adapters * per_group]
+    lora_rows: torch.Tensor | None = None  # [rows with an adapter]
+    lora_places: torch.Tensor | None = None  # their places in the grouped layout
+    uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
     rank: int = 0  # the widest rank among loaded slots: columns beyond it are zero and skipped
+    weights_version: int = 0
 
     def set(self, slots: list[int], device: torch.device, *, rank: int) -> None:
-        self.slots = torch.tensor(slots, dtype=torch.long, device=device)
-        self.active = frozenset(s for s in slots if s != 0)
-        self.rank = rank
-        self.version += 1
+        adapters = tuple(sorted({s for s in slots if s}))
+        if adapters != self.adapters or rank != self.rank:
+            self.weights_version += 1
+        self.adapters, self.rank, self.rows = adapters, rank, len(slots)
+        members: dict[int, list[int]] = {a: [] for a in adapters}
+        for row, slot in enumerate(slots):
+            if slot:
+                members[slot].append(row)
+        self.per_group = max((len(m) for m in members.values()), default=0)
+        group_rows, lora_rows, lora_places = [], [], []
+        for g, adapter in enumerate(adapters):
+            rows = members[adapter]
+            group_rows += rows + [rows[0]] * (self.per_group - len(rows))
+            lora_rows += rows
+            lora_places += [g * self.per_group + i for i in range(len(rows))]
+        self.uniform = lora_rows == list(range(len(slots))) and len(group_rows) == len(slots)
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        self.group_rows, self.lora_rows, self.lora_places = (
+            as_tensor(group_rows),
+            as_tensor(lora_rows),
+            as_tensor(lora_places),
+        )
 
     def touch(self) -> None:
-        """A slot's weights changed: every cached gather is stale."""
-        self.version += 1
+        """A slot's weights changed: every layer re-copies the batch's adapters."""
+        self.weights_version += 1
 
 
 class MixedLoRA(nn.Module):
-    """A base linear module plus the LoRA deltas of every slot, applied per row."""
+    """A base linear module plus the LoRA deltas of every slot, applied per adapter group."""
 
     def __init__(self, base: nn.Module, *, slots: int, r_max: int, batch: LoRABatch) -> None:
         super().__init__()
@@ -78,35 +110,62 @@ class MixedLoRA(nn.Module):
         self.register_buffer("lora_b", torch.zeros(slots, r_max, out_f, dtype=weight.dtype, device=weight.device))
         self.filled: set[int] = set()  # slots with weights in this module
         self._version = -1
-        self._a: torch.Tensor | None = None  # [rows, in, r] for the cached composition
-        self._b: torch.Tensor | None = None  # [rows, r, out]
+        self._a: torch.Tensor | None = None  # [adapters, in, r] of the batch's adapters
+        self._b: torch.Tensor | None = None  # [adapters, r, out]
+        self._skip = True  # no adapter of the batch touches this module
 
-    def load_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None, scale: float) -> None:
-        """Put one adapter's ``lora_A`` [r, in] / ``lora_B`` [out, r] in ``slot``; ``None`` clears it."""
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
+    def load_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+        """Put one adapter's ``A`` [in, r] and scaled ``B`` [r, out] in ``slot``; ``None`` clears it.
+
+        Writes each element once (a copy, and zeros only beyond the adapter's
+        rank): a swap costs a memory copy of the adapter, nothing more.
+        """
         if a is None or b is None:
-            self.filled.discard(slot)
+            if slot in self.filled:
+                self.lora_a[slot].zero_()
+                self.lora_b[slot].zero_()
+                self.filled.discard(slot)
             return
-        r = a.shape[0]
-        self.lora_a[slot, :, :r].copy_(a.t())
-        self.lora_b[slot, :r, :].copy_(b.t() * scale)
+        r = a.shape[1]
+        self.lora_a[slot, :, :r].copy_(a)
+        self.lora_a[slot, :, r:].zero_()
+        self.lora_b[slot, :r, :].copy_(b)
+        self.lora_b[slot, r:, :].zero_()
         self.filled.add(slot)
+
+    def _refresh(self) -> None:
+        batch = self.batch
+        self._version = batch.weights_version
+        self._skip = not (set(batch.adapters) & self.filled)
+        if self._skip:
+            self._a = self._b = None
+            return
+        index = torch.tensor(batch.adapters, dtype=torch.long, device=self.lora_a.device)
+        self._a = self.lora_a[:, :, : batch.rank].index_select(0, index)
+        self._b = self.lora_b[:, : batch.rank, :].index_select(0, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base(x)
         batch = self.batch
-        if batch.slots is None or not (batch.active & self.filled):
-            return y  # no row of this batch has weights in this module
-        if self._version != batch.version:
-            self._a = self.lora_a[:, :, : batch.rank].index_select(0, batch.slots)
-            self._b = self.lora_b[:, : batch.rank, :].index_select(0, batch.slots)
-            self._version = batch.version
+        if not batch.adapters:
+            return y
+        if self._version != batch.weights_version:
+            self._refresh()
+        if self._skip:
+            return y
         assert self._a is not None and self._b is not None
-        rows = batch.slots.shape[0]
-        x3 = x.reshape(rows, -1, self.in_features)
-        y3 = y.reshape(rows, -1, self.out_features)
-        return torch.baddbmm(y3, torch.bmm(x3, self._a), self._b).reshape(y.shape)
+        groups = len(batch.adapters)
+        x3 = x.reshape(batch.rows, -1, self.in_features)
+        steps = x3.shape[1]
+        if batch.uniform:  # rows already sit in adapter order, one full group each: views only
+            xg = x3.reshape(groups, -1, self.in_features)
+            d = torch.bmm(torch.bmm(xg, self._a), self._b)
+            return (y.reshape(groups, -1, self.out_features) + d).reshape(y.shape)
+        assert batch.group_rows is not None and batch.lora_rows is not None and batch.lora_places is not None
+        xg = x3.index_select(0, batch.group_rows).reshape(groups, batch.per_group * steps, self.in_features)
+        d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * batch.per_group, steps, self.out_features)
+        y3 = y.reshape(batch.rows, steps, self.out_features)
+        return y3.index_add(0, batch.lora_rows, d.index_select(0, batch.lora_places)).reshape(y.shape)
 
 
 def target_modules(model: nn.Module) -> dict[str, nn.Module]:

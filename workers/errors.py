@@ -23,4 +23,3 @@ class AdapterRefused(EngineError):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
-

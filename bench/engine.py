@@ -1,0 +1,262 @@
+"""The engine alone: mixed-adapter throughput, adapter swaps, continuous batching.
+
+Shape (issue 3): a random Llama, hidden 512, 8 layers, fp32 on CPU (or
+``--device cuda --dtype bfloat16 --shape 0.5b`` on a GPU), batch 16, 32 new
+tokens, r = 16 on every linear module, 8 distinct adapters. Every figure is
+measured side by side in this one run and printed as one JSON line:
+
+- ``mixed8_over_base``: our engine on a batch of 8 adapters ÷ the same engine
+  on the same batch with no adapter (goal >= 0.9);
+- ``mixed8_over_peft``: ours ÷ PEFT ``generate(adapter_names=...)`` on the
+  same batch (goal >= 1.8);
+- ``swap_host_ms`` / ``swap_disk_ms``: one r = 16 adapter from host memory /
+  from its directory on disk into a slot (goals <= 2 ms and <= 50 ms; the
+  disk figure reads through the OS page cache);
+- ``continuous_over_static``: 64 requests with output lengths spread over
+  1-64 tokens, continuous batching ÷ static batches of 16 that run until
+  their longest row is done, as ``generate`` does (goal >= 1.5); the line
+  also gives the ratio over static batches that drop finished rows.
+
+Run by hand: ``python bench/engine.py [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from registry.adapter_check import file_sha256  # noqa: E402
+from registry.schemas import SamplingParams  # noqa: E402
+from workers.engine import LoraEngine  # noqa: E402
+from workers.engine_adapters import read_adapter  # noqa: E402
+from workers.generation import AdapterRef, GenRequest  # noqa: E402
+
+DEMO_BASE = ROOT / "workers" / "demo_model" / "base"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SHAPES = {
+    "small": lambda: LlamaConfig(
+        vocab_size=260,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
+        eos_token_id=None,
+        bos_token_id=1,
+        pad_token_id=0,
+    ),
+    "0.5b": lambda: Qwen2Config(  # Qwen2-0.5B's shape with the demo's byte vocabulary
+        vocab_size=260,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=None,
+        bos_token_id=1,
+        pad_token_id=0,
+    ),
+}
+
+
+def emit(figure: str, value: float, **extra: object) -> None:
+    print(json.dumps({"figure": figure, "value": round(value, 4), **extra}), flush=True)
+
+
+def build(tmp: Path, shape: str, adapters: int, rank: int) -> tuple[Path, list[Path]]:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(SHAPES[shape]())
+    model.generation_config.eos_token_id = None  # every row runs its full length
+    base_dir = tmp / "base"
+    model.save_pretrained(base_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEMO_BASE / name, base_dir / name)
+    paths = []
+    for i in range(adapters):
+        torch.manual_seed(100 + i)
+        cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+        peft_model = get_peft_model(AutoModelForCausalLM.from_config(SHAPES[shape]()), cfg)
+        path = tmp / f"adapter{i}"
+        peft_model.save_pretrained(path)
+        paths.append(path)
+    return base_dir, paths
+
+
+def best_of(repeats: int, fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    common = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "rows": args.rows}
+    with tempfile.TemporaryDirectory(prefix="loraq-bench-engine-") as tmp_name:
+        tmp = Path(tmp_name)
+        print("building the random base and 8 adapters ...", file=sys.stderr)
+        base_dir, paths = build(tmp, args.shape, adapters=8, rank=16)
+        refs = [
+            AdapterRef(key=f"a{i}", uri=str(p), sha256=file_sha256(p / "adapter_model.safetensors"), name=f"a{i}")
+            for i, p in enumerate(paths)
+        ]
+        engine = LoraEngine(
+            base_model=base_dir, device=args.device, dtype=args.dtype, max_loras=8, max_rows=args.rows, max_lora_rank=16
+        )
+        print(engine.describe(), file=sys.stderr)
+        rng = random.Random(0)
+        prompts = ["".join(rng.choice("abcdefghij ") for _ in range(24)) for _ in range(args.rows)]
+        sampling = SamplingParams(max_tokens=args.new_tokens)
+        mixed = [
+            GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=refs[i % 8]) for i, p in enumerate(prompts)
+        ]
+        base_only = [
+            GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=None) for i, p in enumerate(prompts)
+        ]
+        engine.generate(mixed)  # warm up: adapters into slots, allocator warm
+        engine.generate(base_only)
+        tokens = args.rows * args.new_tokens
+        t_mixed = best_of(args.repeats, lambda: engine.generate(mixed), sync)
+        t_base = best_of(args.repeats, lambda: engine.generate(base_only), sync)
+
+        # PEFT adapter_names on the same batch (its own tokenisation, left padding).
+        peft_base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+        peft_model = PeftModel.from_pretrained(peft_base, paths[0], adapter_name="a0")
+        for i, p in enumerate(paths[1:], start=1):
+            peft_model.load_adapter(p, adapter_name=f"a{i}")
+        peft_model.eval()
+        tok = engine.tokenizer
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+        names = [f"a{i % 8}" for i in range(args.rows)]
+
+        @torch.inference_mode()
+        def run_peft() -> None:
+            peft_model.generate(
+                **enc,
+                adapter_names=names,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+        run_peft()
+        t_peft = best_of(args.repeats, run_peft, sync)
+
+        emit(
+            "mixed8_over_base",
+            t_base / t_mixed,
+            ours_tok_s=round(tokens / t_mixed, 1),
+            base_tok_s=round(tokens / t_base, 1),
+            goal=0.9,
+            **common,
+        )
+        emit("mixed8_over_peft", t_peft / t_mixed, peft_tok_s=round(tokens / t_peft, 1), goal=1.8, **common)
+
+        # Swaps: host -> slot, and disk -> host -> slot, for one r = 16 adapter.
+        host = read_adapter(paths[0], key="swap", sha256=None, shapes=engine.shapes, r_max=16, dtype=dtype)
+        host_times, disk_times = [], []
+        for _ in range(20):
+            sync()
+            start = time.perf_counter()
+            engine._to_slot(1, host, name="swap")
+            sync()
+            host_times.append(time.perf_counter() - start)
+        for _ in range(10):
+            sync()
+            start = time.perf_counter()
+            fresh = read_adapter(
+                paths[1], key="swap-disk", sha256=refs[1].sha256, shapes=engine.shapes, r_max=16, dtype=dtype
+            )
+            engine._to_slot(2, fresh, name="swap-disk")
+            sync()
+            disk_times.append(time.perf_counter() - start)
+        mib = host.nbytes / 2**20
+        emit("swap_host_ms", 1000 * statistics.median(host_times), adapter_mib=round(mib, 2), goal=2, **common)
+        emit("swap_disk_ms", 1000 * statistics.median(disk_times), adapter_mib=round(mib, 2), goal=50, **common)
+
+        # Continuous vs static batching: 64 requests, lengths spread over 1-64 tokens.
+        lengths = [rng.randint(1, 64) for _ in range(64)]
+        spread = [
+            GenRequest(
+                job_id=f"c{i}",
+                prompt=prompts[i % len(prompts)],
+                sampling=SamplingParams(max_tokens=n),
+                adapter=refs[i % 8],
+            )
+            for i, n in enumerate(lengths)
+        ]
+
+        def static(*, compacted: bool) -> None:
+            """Batches of ``rows`` in arrival order; nothing joins a running batch. Classic static
+            batching (transformers' ``generate``) computes every row until the batch's longest is
+            done; ``compacted`` drops finished rows from the batch, which only helps where a step's
+            cost grows with its rows (a CPU), not on a GPU."""
+            for i in range(0, len(spread), args.rows):
+                chunk = spread[i : i + args.rows]
+                if not compacted:
+                    longest = max(r.sampling.max_tokens for r in chunk)
+                    chunk = [
+                        GenRequest(
+                            job_id=r.job_id,
+                            prompt=r.prompt,
+                            sampling=SamplingParams(max_tokens=longest),
+                            adapter=r.adapter,
+                        )
+                        for r in chunk
+                    ]
+                engine.generate(chunk)
+
+        t_cont = best_of(args.repeats, lambda: engine.generate(spread), sync)
+        t_static = best_of(args.repeats, lambda: static(compacted=False), sync)
+        t_compacted = best_of(args.repeats, lambda: static(compacted=True), sync)
+        emit(
+            "continuous_over_static",
+            t_static / t_cont,
+            over_compacted_static=round(t_compacted / t_cont, 4),
+            requests=len(spread),
+            tokens=sum(lengths),
+            goal=1.5,
+            **common,
+        )
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()
