@@ -191,8 +191,9 @@ def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ..
                 f"module {module!r} lacks a 2-D lora_A/lora_B pair.",
                 code="adapter_weights_invalid",
             )
-        out_f, in_f = base_shape
-        if a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out]. LoRA's pair is [r, in] / [out, r] for both.
+        layouts = {(base_shape[1], base_shape[0]), (base_shape[0], base_shape[1])}
+        if (a[1], b[0]) not in layouts or a[0] != b[1]:
             raise InvalidAdapter(
                 f"module {module!r}: lora_A {list(a)} and lora_B {list(b)} do not fit the base "
                 f"weight {list(base_shape)}; the adapter was trained on another base.",

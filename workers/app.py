@@ -22,6 +22,7 @@ from registry.db import engine_from_settings, session_factory
 from registry.queues import CANCEL_KEY
 from workers import heartbeat
 from workers.celery_app import make_celery
+from workers.generation import Generator
 from workers.queue_consumer import make_sticky_consumer
 from workers.queue_state import read_states
 from workers.runtime import Runtime
@@ -39,6 +40,34 @@ app.conf.update(worker_pool="threads", worker_concurrency=2 * settings.max_batch
 sessions = session_factory(engine_from_settings(settings.db))
 
 
+def _make_generator() -> Generator:
+    """The engine the settings name; torch is imported here only, in the worker."""
+    if settings.engine == "peft":
+        from workers.engine_peft import PeftGenerator
+
+        return PeftGenerator(
+            base_model=settings.base_model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_loras=settings.max_loras,
+            cancelled=_cancelled,
+        )
+    from workers.engine import LoraEngine
+
+    return LoraEngine(
+        base_model=settings.base_model,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_loras=settings.max_loras,
+        max_rows=settings.max_batch_rows,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras_mb=settings.max_cpu_loras_mb,
+        memory_budget_mb=settings.memory_budget_mb,
+        cache_dir=settings.adapter_cache_dir or settings.db.home / "adapter-cache",
+        cancelled=_cancelled,
+    )
+
+
 class _RuntimeHolder:
     """Builds the runtime once per process, at start-up or on first use."""
 
@@ -49,15 +78,7 @@ class _RuntimeHolder:
     def start(self, worker_name: str) -> Runtime:
         with self._lock:
             if self._runtime is None:
-                from workers.engine_peft import PeftGenerator  # torch only in the worker
-
-                generator = PeftGenerator(
-                    base_model=settings.base_model,
-                    device=settings.device,
-                    dtype=settings.dtype,
-                    max_loras=settings.max_loras,
-                    cancelled=_cancelled,
-                )
+                generator = _make_generator()
                 log.warning("%s", generator.describe())
                 self._runtime = Runtime(
                     generator=generator,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -140,7 +141,7 @@ class LoraEngine:
         self.max_rows = max_rows
         self.r_max = max_lora_rank
         self.host_budget = max_cpu_loras_mb * 2**20
-        self.cache_dir = cache_dir or Path(os.environ.get("LORAQ_HOME", ".loraq")) / "adapter-cache"
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "loraq-adapter-cache"
         self.cancelled = cancelled
         self.name = base_model.name
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)

@@ -39,5 +39,15 @@ class WorkerSettings(BaseSettings):
         default=30.0, gt=0, description="Sticky bound: a queue whose oldest job waited this long is served next."
     )
     min_swap_depth: int = Field(default=4, ge=1, description="Jobs a queue needs before it is worth an adapter swap.")
-    adapter_cache_dir: Path | None = Field(default=None, description="Unused by the PEFT engine; see issue 3.")
+    engine: Literal["loraq", "peft"] = Field(
+        default="loraq", description="loraq: mixed-LoRA layers with continuous batching; peft: PEFT's generate."
+    )
+    max_lora_rank: int = Field(default=64, ge=1, le=1024, description="Largest adapter rank a slot holds.")
+    max_cpu_loras_mb: int = Field(default=1024, ge=0, description="Host-memory cache of adapters, in MiB (LRU).")
+    memory_budget_mb: int | None = Field(
+        default=None, ge=1, description="Engine memory budget; default 90% of the GPU, or a quarter of host RAM."
+    )
+    adapter_cache_dir: Path | None = Field(
+        default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
+    )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)

@@ -197,3 +197,16 @@ def test_shipped_demo_adapters_validate_against_the_demo_base() -> None:
         assert info.r == max([config["r"], *config.get("rank_pattern", {}).values()]), adapter.name
         assert info.alpha == float(config["lora_alpha"]), adapter.name
         assert info.size_bytes == (adapter / WEIGHTS_FILE).stat().st_size, adapter.name
+
+
+def test_a_gpt2_adapter_on_conv1d_modules_is_accepted_against_its_base(tmp_path: Path) -> None:
+    """GPT-2 stores Conv1D weights as [in, out]; its LoRA pairs are still [r, in] / [out, r]."""
+    from tests.workers.engine_models import build_base, load_base, save_adapter
+
+    base = build_base("gpt2", tmp_path / "gpt2")
+    adapter = save_adapter(load_base(base), tmp_path / "lora", seed=0, r=4, target_modules=["c_attn", "c_fc"])
+    info = validate_adapter(str(adapter), base_dir=base, max_bytes=MAX_BYTES)
+    assert info.r == 4
+    with pytest.raises(InvalidAdapter) as refused:  # and a Llama adapter is still refused on it
+        validate_adapter(str(DEMO_MODEL / "adapters" / "upper"), base_dir=base, max_bytes=MAX_BYTES)
+    assert refused.value.code == "adapter_base_mismatch"
