@@ -198,14 +198,15 @@ def start_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def engine_alone(jobs: list[JobSpec], *, max_tokens: int, rows: int, max_loras: int) -> tuple[float, int]:
-    """The worker's engine in this process on the same jobs, grouped by adapter into full batches."""
+    """The worker's engine in this process on the same jobs, sorted by adapter, all submitted at once
+    (its continuous batching keeps ``rows`` running)."""
     from registry.adapter_check import file_sha256
     from registry.schemas import SamplingParams
-    from workers.engine_peft import PeftGenerator
+    from workers.engine import LoraEngine
     from workers.generation import AdapterRef, GenRequest
     from workers.settings import DEMO_BASE
 
-    engine = PeftGenerator(base_model=DEMO_BASE, device="cpu", dtype="float32", max_loras=max_loras)
+    engine = LoraEngine(base_model=DEMO_BASE, max_loras=max_loras, max_rows=rows)
     sampling = SamplingParams(max_tokens=max_tokens)
     refs = {}
     for name in sorted({j.adapter for j in jobs}):
@@ -219,8 +220,9 @@ def engine_alone(jobs: list[JobSpec], *, max_tokens: int, rows: int, max_loras: 
         for i in ordered
     ]
     started = time.perf_counter()
-    for i in tqdm(range(0, len(requests), rows), desc="engine alone", file=sys.stderr, unit="batch"):
-        engine.generate(requests[i : i + rows])
+    chunk = 50 * rows  # in chunks only for the progress bar; each chunk keeps the batch full
+    for i in tqdm(range(0, len(requests), chunk), desc="engine alone", file=sys.stderr, unit="chunk"):
+        engine.generate(requests[i : i + chunk])
     return time.perf_counter() - started, engine.adapter_loads()
 
 

@@ -34,9 +34,10 @@ log = logging.getLogger("loraq.worker")
 
 settings = WorkerSettings()
 app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
-# Two batches of threads: the next batch's messages arrive while one runs
-# (double buffering); prefetch stays bounded at two batches.
-app.conf.update(worker_pool="threads", worker_concurrency=2 * settings.max_batch_rows)
+# Three batches of threads: two batches in the engine (the second's rows join
+# as the first's finish) and the next one's messages arriving; prefetch stays
+# bounded at three batches.
+app.conf.update(worker_pool="threads", worker_concurrency=3 * settings.max_batch_rows)
 sessions = session_factory(engine_from_settings(settings.db))
 
 
@@ -87,6 +88,8 @@ class _RuntimeHolder:
                     max_rows=settings.max_batch_rows,
                     wait_s=settings.batch_wait_ms / 1000,
                     max_attempts=settings.max_attempts,
+                    # The loraq engine takes rows from several batches into its running batch.
+                    in_flight=2 if settings.engine == "loraq" else 1,
                 )
             return self._runtime
 

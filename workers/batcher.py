@@ -2,7 +2,10 @@
 
 Each task thread submits its job and waits on a future; one batching thread
 takes the first waiting job, collects others for up to ``wait_s`` or
-``max_rows``, runs them together and resolves every future. Torch-free.
+``max_rows``, runs them together and resolves every future. With
+``in_flight`` > 1 the next batch is collected and started while earlier ones
+still run (for an engine whose running batch takes rows from several calls:
+continuous batching across batches). Torch-free.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -28,12 +31,15 @@ class Batcher(Generic[In, Out]):
         *,
         max_rows: int,
         wait_s: float,
+        in_flight: int = 1,
         name: str = "loraq-batcher",
     ) -> None:
         self._run_batch = run_batch
         self._max_rows = max_rows
         self._wait_s = wait_s
         self._inbox: queue.Queue[tuple[In, Future[Out]] | None] = queue.Queue()
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._runners = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"{name}-run")
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -45,6 +51,7 @@ class Batcher(Generic[In, Out]):
     def close(self, timeout: float = 5.0) -> None:
         self._inbox.put(None)
         self._thread.join(timeout)
+        self._runners.shutdown(wait=True)
 
     def _collect(self) -> list[tuple[In, Future[Out]]] | None:
         first = self._inbox.get()
@@ -65,14 +72,24 @@ class Batcher(Generic[In, Out]):
         return batch
 
     def _loop(self) -> None:
-        while (batch := self._collect()) is not None:
-            items = [item for item, _ in batch]
-            try:
-                outputs = self._run_batch(items)
-            except BaseException as exc:  # every waiting task must hear about it
-                log.exception("batch of %d failed", len(items))
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, future), output in zip(batch, outputs, strict=True):
-                future.set_result(output)
+        while True:
+            self._slots.acquire()  # collect the next batch only when it can start
+            batch = self._collect()
+            if batch is None:
+                self._slots.release()
+                return
+            self._runners.submit(self._run, batch)
+
+    def _run(self, batch: list[tuple[In, Future[Out]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            outputs = self._run_batch(items)
+        except BaseException as exc:  # every waiting task must hear about it
+            log.exception("batch of %d failed", len(items))
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        for (_, future), output in zip(batch, outputs, strict=True):
+            future.set_result(output)

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,14 @@ class _Row:
     slot: int = 0
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
+    exclusive: bool = False  # runs alone: it shared a step that failed, and may be the cause
+    future: Future[GenerationResult] = field(default_factory=Future)
+
+    def restart(self, device: torch.device) -> None:
+        """Back to its prompt, to run again alone."""
+        self.tokens = []
+        self.generator = row_generator(self.req.sampling, device)
+        self.exclusive = True
 
     @property
     def need(self) -> int:
@@ -162,12 +171,17 @@ class LoraEngine:
         self.host: OrderedDict[str, HostAdapter] = OrderedDict()  # LRU, oldest first
         self.loading: dict[str, Future[HostAdapter]] = {}
         self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loraq-adapter-load")
-        self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # one forward at a time (the loop, or score())
+        self._inbox: queue.SimpleQueue[_Row | None] = queue.SimpleQueue()
+        self._pinned: frozenset[str] = frozenset()  # adapters of the running rows
+        self._steps = 0
         self._resident: frozenset[str] = frozenset()
         self._loads = 0
         self._slot_map: list[int] | None = None
         self._ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
         self._rank = 0  # max rank over adapters in slots: the width the layers gather
+        self._thread = threading.Thread(target=self._loop, name="loraq-engine", daemon=True)
+        self._thread.start()
 
     # -- the Generator interface -------------------------------------------------
 
@@ -186,14 +200,26 @@ class LoraEngine:
         )
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenerationResult]:
-        """Run every request to completion; at most ``max_rows`` run at once, the rest join as rows finish."""
-        with self._lock:
-            rows = [self._prepare(i, r) for i, r in enumerate(requests)]
-            for row in rows:
-                if row.req.adapter is not None:
-                    self._start_load(row.req.adapter)
-            results = self._run(rows)
-        return [results[i] for i in range(len(requests))]
+        """Run the requests in the engine's running batch and wait for all of them.
+
+        Safe to call from several threads: every call's rows join the one
+        running batch at step boundaries (continuous batching across calls).
+        Raises the first row error (after every row has ended), so the caller
+        can retry rows alone to find which one is at fault.
+        """
+        rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+        for row in rows:
+            self._inbox.put(row)
+        results: list[GenerationResult] = []
+        error: BaseException | None = None
+        for row in rows:
+            try:
+                results.append(row.future.result())
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
 
     # -- preparation and the step loop -------------------------------------------
 
@@ -211,32 +237,77 @@ class LoraEngine:
         )
         return row  # row.need <= max_positions <= kv_tokens: the budget always admits one full row
 
-    @torch.inference_mode()
-    def _run(self, rows: list[_Row]) -> dict[int, GenerationResult]:
-        results: dict[int, GenerationResult] = {}
-        pending = deque(rows)
+    def _loop(self) -> None:
+        """The step loop, on its own thread for the engine's lifetime."""
+        pending: deque[_Row] = deque()
         running: list[_Row] = []
         kv = _KVBatch()
-        steps = 0
-        while pending or running:
-            self._collect_loads(block=not running and not self._admissible(pending))
-            joined = self._admit(pending, running)
-            if joined:
-                self._prefill(joined, kv)
-                running += joined
-                running = self._retire(running, kv, results)
-            if running:
-                self._decode(running, kv)
-                steps += 1
-                if self.cancelled is not None and steps % CANCEL_CHECK_EVERY == 0:
-                    stopped = self.cancelled([r.req.job_id for r in running])
-                    for r in running:
-                        r.cancelled = r.cancelled or r.req.job_id in stopped
-                running = self._retire(running, kv, results)
-        return results
+        while self._receive(pending, block=not pending and not running):
+            joined: list[_Row] = []
+            try:
+                with self._step_lock, torch.inference_mode():
+                    self._collect_loads(pending)
+                    joined = self._admit(pending, running)
+                    running = self._step(joined, running, kv)
+            except Exception as exc:  # a forward failed: no row of it can be trusted to be innocent
+                running = self._isolate([*running, *(r for r in joined if r not in running)], exc, pending)
+                kv = _KVBatch()
+                self._slot_map = None
+            self._pinned = frozenset(r.key for r in running if r.key)
+            if not running and pending and not joined:
+                self._wait_for_load()
 
-    def _admissible(self, pending: deque[_Row]) -> bool:
-        return any(r.key is None or r.key in self.host or self._slot_of(r.key) for r in pending)
+    def _receive(self, pending: deque[_Row], *, block: bool) -> bool:
+        """Take every row submitted since the last step (waiting for one when idle); False on close."""
+        while block or not self._inbox.empty():
+            row = self._inbox.get()
+            if row is None:
+                return False
+            self._arrive(row, pending)
+            block = False
+        return True
+
+    def _step(self, joined: list[_Row], running: list[_Row], kv: _KVBatch) -> list[_Row]:
+        """Prefill the rows joining, one decode step for all, and retire the finished."""
+        if joined:
+            self._prefill(joined, kv)
+            running = self._retire(running + joined, kv)
+        if running:
+            self._decode(running, kv)
+            self._steps += 1
+            if self.cancelled is not None and self._steps % CANCEL_CHECK_EVERY == 0:
+                self._check_cancelled(running)
+            running = self._retire(running, kv)
+        return running
+
+    def _arrive(self, row: _Row, pending: deque[_Row]) -> None:
+        pending.append(row)
+        if row.req.adapter is not None:
+            self._start_load(row.req.adapter)  # prefetch into host memory while it waits
+
+    def _isolate(self, rows: list[_Row], exc: Exception, pending: deque[_Row]) -> list[_Row]:
+        """A step failed: a row that ran alone fails; the others run again, each alone."""
+        if len(rows) == 1 and rows[0].exclusive:
+            rows[0].future.set_exception(exc)
+            return []
+        log.warning("a step of %d rows failed (%s); each runs again alone", len(rows), exc)
+        for r in reversed(rows):
+            r.restart(self.device)
+            pending.appendleft(r)
+        return []
+
+    def _check_cancelled(self, running: list[_Row]) -> None:
+        assert self.cancelled is not None
+        stopped = self.cancelled([r.req.job_id for r in running])
+        for r in running:
+            r.cancelled = r.cancelled or r.req.job_id in stopped
+
+    def _wait_for_load(self) -> None:
+        """Nothing can run until an adapter arrives: wait briefly (new rows may arrive meanwhile)."""
+        if self.loading:
+            wait(list(self.loading.values()), timeout=0.05, return_when=FIRST_COMPLETED)
+        else:
+            time.sleep(0.001)
 
     def _admit(self, pending: deque[_Row], running: list[_Row]) -> list[_Row]:
         """Pending rows that can join now: room in the batch and the KV budget, adapter in a slot.
@@ -248,6 +319,14 @@ class LoraEngine:
         """
         joined: list[_Row] = []
         waiting: deque[_Row] = deque()
+        if any(r.exclusive for r in running):
+            return joined
+        if pending and pending[0].exclusive:
+            if running or (slot := self._slot_for(pending[0], pinned=set())) is None:
+                return joined
+            row = pending.popleft()
+            row.slot = slot
+            return [row]
         group = max(1, self.max_rows // 4)
         if running and self.max_rows - len(running) < min(group, len(pending)):
             return joined
@@ -301,14 +380,18 @@ class LoraEngine:
     def score(self, requests: Sequence[GenRequest]) -> list[torch.Tensor]:
         """Each prompt's logits at every prompt position ([tokens, vocab]), rows of different
         adapters in one forward. At most ``max_loras`` distinct adapters."""
-        with self._lock:
-            rows = [self._prepare(i, r) for i, r in enumerate(requests)]
-            keys = {r.key for r in rows if r.key}
-            if len(keys) > self.max_loras:
-                raise ValueError(f"{len(keys)} adapters in one forward; this engine holds {self.max_loras}")
+        rows = [self._prepare(i, r) for i, r in enumerate(requests)]
+        keys = {r.key for r in rows if r.key}
+        if len(keys) > self.max_loras:
+            raise ValueError(f"{len(keys)} adapters in one forward; this engine holds {self.max_loras}")
+        for row in rows:
+            if row.req.adapter is not None and row.key not in self.host:
+                self.host[row.key] = self._read(row.req.adapter)  # type: ignore[index]
+        with self._step_lock:
             for row in rows:
-                while (slot := self._slot_for(row, pinned=keys)) is None:
-                    self._collect_loads(block=True)
+                slot = self._slot_for(row, pinned=keys | self._pinned)
+                if slot is None:
+                    raise RuntimeError("every adapter slot is in use by running rows; score when the engine is idle")
                 row.slot = slot
             logits, _ = self._forward_prompts(rows, cache=None, last_only=False)
         return [logits[i, logits.shape[1] - len(r.prompt_ids) :] for i, r in enumerate(rows)]
@@ -329,12 +412,12 @@ class LoraEngine:
             if r.slot:
                 self.slots[r.slot - 1] = Slot(key=r.key, last_used=now)
 
-    def _retire(self, rows: list[_Row], kv: _KVBatch, results: dict[int, GenerationResult]) -> list[_Row]:
-        """Move finished rows to ``results`` and out of the KV cache; return the rows still running."""
+    def _retire(self, rows: list[_Row], kv: _KVBatch) -> list[_Row]:
+        """Hand finished rows their results and drop them from the KV cache; return the rows still running."""
         keep = []
         for i, r in enumerate(rows):
             if self._finished(r):
-                results[r.index] = self._result(r)
+                r.future.set_result(self._result(r))
             else:
                 keep.append(i)
         if len(keep) < len(rows):
@@ -434,14 +517,19 @@ class LoraEngine:
                 object.__setattr__(delta, "b", delta.b.pin_memory())
         return adapter
 
-    def _collect_loads(self, *, block: bool) -> None:
-        """Move finished background loads into the host cache; raise a failed load's error."""
-        if block and self.loading:
-            next(iter(self.loading.values())).exception()  # wait for one
+    def _collect_loads(self, pending: deque[_Row]) -> None:
+        """Move finished background loads into the host cache; a failed load fails its waiting rows."""
         for key, future in list(self.loading.items()):
-            if future.done():
-                del self.loading[key]
-                self.host[key] = future.result()  # raises AdapterLoadFailed / AdapterRefused
+            if not future.done():
+                continue
+            del self.loading[key]
+            exc = future.exception()
+            if exc is None:
+                self.host[key] = future.result()
+                continue
+            for row in [r for r in pending if r.key == key]:
+                pending.remove(row)
+                row.future.set_exception(exc)
         in_slots = {s.key for s in self.slots if s.key}
         sizes = [(k, a.nbytes) for k, a in self.host.items()]
         for key in host_evictions(sizes, budget=self.host_budget, keep=in_slots):
@@ -472,4 +560,6 @@ class LoraEngine:
         )
 
     def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(5)
         self._loader.shutdown(wait=False, cancel_futures=True)

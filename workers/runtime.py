@@ -84,12 +84,15 @@ class Runtime:
         max_rows: int,
         wait_s: float,
         max_attempts: int = 3,
+        in_flight: int = 1,
     ) -> None:
         self.max_attempts = max_attempts
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
-        self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(self.run_batch, max_rows=max_rows, wait_s=wait_s)
+        self.batcher: Batcher[TaskJob, TaskOutcome] = Batcher(
+            self.run_batch, max_rows=max_rows, wait_s=wait_s, in_flight=in_flight
+        )
 
     def resident_adapters(self) -> set[str]:
         """Names of the adapters whose weights the engine holds now (any version)."""

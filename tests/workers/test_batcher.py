@@ -48,3 +48,38 @@ def test_a_failing_batch_fails_every_waiter_and_the_loop_goes_on() -> None:
         batcher.submit(1).result(5)
     assert batcher.submit(2).result(5) == 2
     batcher.close()
+
+
+def test_with_two_in_flight_the_next_batch_starts_while_one_still_runs() -> None:
+    started = threading.Barrier(2, timeout=5)  # passes only when two batches run at once
+
+    def run(items: Sequence[int]) -> list[int]:
+        started.wait()
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(run, max_rows=2, wait_s=0.05, in_flight=2)
+    futures = [batcher.submit(i) for i in range(4)]
+    assert [f.result(5) for f in futures] == [0, 1, 2, 3]
+    batcher.close()
+
+
+def test_with_one_in_flight_batches_run_one_after_another() -> None:
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def run(items: Sequence[int]) -> list[int]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        threading.Event().wait(0.05)
+        with lock:
+            running -= 1
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(run, max_rows=2, wait_s=0.01)
+    futures = [batcher.submit(i) for i in range(6)]
+    assert [f.result(5) for f in futures] == list(range(6))
+    assert most == 1
+    batcher.close()

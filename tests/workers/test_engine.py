@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 from functools import cache
@@ -213,3 +214,67 @@ def test_rows_beyond_the_kv_budget_wait_for_room_instead_of_running_out_of_memor
 def test_a_budget_that_cannot_hold_one_full_row_refuses_to_start() -> None:
     with pytest.raises(BudgetTooSmall, match="LORAQ_MEMORY_BUDGET_MB"):
         LoraEngine(base_model=DEMO / "base", memory_budget_mb=1)
+
+
+def test_calls_from_several_threads_share_one_running_batch() -> None:
+    """Two callers' rows decode in the same steps, and each gets what it gets alone."""
+    steps: list[frozenset[str]] = []
+    eng = LoraEngine(
+        base_model=DEMO / "base",
+        max_rows=8,
+        max_loras=4,
+        memory_budget_mb=256,
+        cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
+    )
+    first = [req(f"a{i}", f"first caller {i}", skill_ref("upper"), max_tokens=40) for i in range(3)]
+    second = [req(f"b{i}", f"second caller {i}", skill_ref("rot13"), max_tokens=40) for i in range(3)]
+    out: dict[str, list[object]] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, r=r: out.__setitem__(n, eng.generate(r)))
+        for n, r in (("a", first), ("b", second))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out["a"] == [eng.generate([r])[0] for r in first]
+    assert out["b"] == [eng.generate([r])[0] for r in second]
+    assert any(any(i.startswith("a") for i in s) and any(i.startswith("b") for i in s) for s in steps)
+
+
+def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fault injection: the embedding raises for any batch holding the byte "~" (as a kernel bug would)."""
+    eng = LoraEngine(base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256)
+    poison_id = eng.tokenizer("~")["input_ids"][1]
+    embed = eng.model.get_input_embeddings()
+    real_forward = embed.forward
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        if bool((ids == poison_id).any()):
+            raise RuntimeError("kernel crashed")
+        return real_forward(ids)
+
+    monkeypatch.setattr(embed, "forward", forward)
+    good = [req("g1", "hello there", skill_ref("upper")), req("g2", "second good", skill_ref("swapcase"))]
+    out: dict[str, object] = {}
+
+    def run(name: str, rows: list[GenRequest]) -> None:
+        try:
+            out[name] = eng.generate(rows)
+        except Exception as exc:
+            out[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("good", good)),
+        threading.Thread(target=run, args=("bad", [req("p", "a ~ poison", skill_ref("upper"))])),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(out["bad"], RuntimeError)
+    shared = [int(m.group(1)) for m in map(re.compile(r"a step of (\d+) rows failed").search, caplog.messages) if m]
+    assert shared and max(shared) >= 2, caplog.messages  # the good rows were in the failing step
+    assert [r.text for r in out["good"]] == ["HELLO THERE", expected("swapcase", "second good")]  # type: ignore[union-attr]
