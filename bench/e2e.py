@@ -9,7 +9,7 @@ side in one process so machine noise hits all of them:
   consumer). Jobs are POSTed concurrently while the workers drain them; the
   clock runs from the first POST to the last terminal row.
 - **engine**: the worker's engine alone in this process, on the same jobs
-  grouped by adapter into full batches (the ceiling the pipeline can reach).
+  sorted by adapter, submitted at once (the ceiling the pipeline can reach).
 - **naive**: one Celery task per job with PEFT ``set_adapter`` per job
   (``bench/naive_worker.py``), through the same gateway, Redis and registry,
   on the first ``--naive-jobs`` jobs (it is slow; rates are compared).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import shutil
 import statistics
@@ -31,11 +32,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,6 +113,164 @@ def best_of(repeats: int, fn: Callable[[], object], sync: Callable[[], None]) ->
     return min(times)
 
 
+@dataclass
+class Run:
+    """One benchmark run's model, engine and knobs."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype
+    base_dir: Path
+    paths: list[Path]
+    refs: list[AdapterRef]
+    engine: LoraEngine
+    prompts: list[str]
+    peft_s: float  # PEFT on the mixed batch, timed in a process of its own
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn: Callable[[], object]) -> float:
+        return best_of(self.args.repeats, fn, self.sync)
+
+    @property
+    def common(self) -> dict[str, object]:
+        a = self.args
+        return {"shape": a.shape, "device": a.device, "dtype": a.dtype, "rows": a.rows}
+
+
+def mixed_vs_base_and_peft(run: Run) -> None:
+    args, engine = run.args, run.engine
+    sampling = SamplingParams(max_tokens=args.new_tokens)
+    mixed = [
+        GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=run.refs[i % 8])
+        for i, p in enumerate(run.prompts)
+    ]
+    base_only = [
+        GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=None) for i, p in enumerate(run.prompts)
+    ]
+    engine.generate(mixed)  # warm up: adapters into slots, allocator warm
+    engine.generate(base_only)
+    t_mixed = run.time(lambda: engine.generate(mixed))
+    t_base = run.time(lambda: engine.generate(base_only))
+    t_peft = run.peft_s
+    tokens = args.rows * args.new_tokens
+    emit(
+        "mixed8_over_base",
+        t_base / t_mixed,
+        ours_tok_s=round(tokens / t_mixed, 1),
+        base_tok_s=round(tokens / t_base, 1),
+        goal=0.9,
+        **run.common,
+    )
+    emit("mixed8_over_peft", t_peft / t_mixed, peft_tok_s=round(tokens / t_peft, 1), goal=1.8, **run.common)
+
+
+def peft_seconds(args: argparse.Namespace, base_dir: Path, paths: list[Path], prompts: list[str]) -> float:
+    """PEFT ``generate(adapter_names=...)`` on the same batch (its own tokenisation, left padding).
+
+    Runs in a process of its own: two engines in one process share torch's
+    OpenMP runtime, and whichever runs second ran about 1.5x slower here (see
+    LoraEngine.__init__), which would flatter one side or the other."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    peft_base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+    peft_model = PeftModel.from_pretrained(peft_base, paths[0], adapter_name="a0")
+    for i, p in enumerate(paths[1:], start=1):
+        peft_model.load_adapter(p, adapter_name=f"a{i}")
+    peft_model.eval()
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+    names = [f"a{i % 8}" for i in range(args.rows)]
+
+    @torch.inference_mode()
+    def generate() -> None:
+        peft_model.generate(
+            **enc,
+            adapter_names=names,
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    generate()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return best_of(args.repeats, generate, sync)
+
+
+def swaps(run: Run) -> None:
+    """Host -> slot, and disk -> host -> slot, for one r = 16 adapter."""
+    engine = run.engine
+    host = read_adapter(run.paths[0], key="swap", sha256=None, shapes=engine.shapes, r_max=16, dtype=run.dtype)
+    host_times, disk_times = [], []
+    for _ in range(20):
+        run.sync()
+        start = time.perf_counter()
+        engine._to_slot(1, host, name="swap")
+        run.sync()
+        host_times.append(time.perf_counter() - start)
+    for _ in range(10):
+        run.sync()
+        start = time.perf_counter()
+        fresh = read_adapter(
+            run.paths[1], key="swap-disk", sha256=run.refs[1].sha256, shapes=engine.shapes, r_max=16, dtype=run.dtype
+        )
+        engine._to_slot(2, fresh, name="swap-disk")
+        run.sync()
+        disk_times.append(time.perf_counter() - start)
+    mib = round(host.nbytes / 2**20, 2)
+    emit("swap_host_ms", 1000 * statistics.median(host_times), adapter_mib=mib, goal=2, **run.common)
+    emit("swap_disk_ms", 1000 * statistics.median(disk_times), adapter_mib=mib, goal=50, **run.common)
+
+
+def continuous_vs_static(run: Run) -> None:
+    """64 requests, output lengths spread over 1-64 tokens."""
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 64) for _ in range(64)]
+    spread = [
+        GenRequest(
+            job_id=f"c{i}",
+            prompt=run.prompts[i % len(run.prompts)],
+            sampling=SamplingParams(max_tokens=n),
+            adapter=run.refs[i % 8],
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+    def static(*, compacted: bool) -> None:
+        """Batches of ``rows`` in arrival order; nothing joins a running batch. Classic static
+        batching (transformers' ``generate``) computes every row until the batch's longest is
+        done; ``compacted`` drops finished rows from the batch, which only helps where a step's
+        cost grows with its rows (a CPU), not on a GPU."""
+        for i in range(0, len(spread), run.args.rows):
+            chunk = spread[i : i + run.args.rows]
+            if not compacted:
+                longest = SamplingParams(max_tokens=max(r.sampling.max_tokens for r in chunk))
+                chunk = [
+                    GenRequest(job_id=r.job_id, prompt=r.prompt, sampling=longest, adapter=r.adapter) for r in chunk
+                ]
+            run.engine.generate(chunk)
+
+    t_cont = run.time(lambda: run.engine.generate(spread))
+    t_static = run.time(lambda: static(compacted=False))
+    t_compacted = run.time(lambda: static(compacted=True))
+    emit(
+        "continuous_over_static",
+        t_static / t_cont,
+        over_compacted_static=round(t_compacted / t_cont, 4),
+        requests=len(spread),
+        tokens=sum(lengths),
+        goal=1.5,
+        **run.common,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -119,142 +280,35 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    common = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "rows": args.rows}
     with tempfile.TemporaryDirectory(prefix="loraq-bench-engine-") as tmp_name:
-        tmp = Path(tmp_name)
         print("building the random base and 8 adapters ...", file=sys.stderr)
-        base_dir, paths = build(tmp, args.shape, adapters=8, rank=16)
+        base_dir, paths = build(Path(tmp_name), args.shape, adapters=8, rank=16)
         refs = [
             AdapterRef(key=f"a{i}", uri=str(p), sha256=file_sha256(p / "adapter_model.safetensors"), name=f"a{i}")
             for i, p in enumerate(paths)
         ]
+        rng = random.Random(0)
+        prompts = ["".join(rng.choice("abcdefghij ") for _ in range(24)) for _ in range(args.rows)]
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            peft_s = pool.submit(peft_seconds, args, base_dir, paths, prompts).result()
         engine = LoraEngine(
             base_model=base_dir, device=args.device, dtype=args.dtype, max_loras=8, max_rows=args.rows, max_lora_rank=16
         )
         print(engine.describe(), file=sys.stderr)
-        rng = random.Random(0)
-        prompts = ["".join(rng.choice("abcdefghij ") for _ in range(24)) for _ in range(args.rows)]
-        sampling = SamplingParams(max_tokens=args.new_tokens)
-        mixed = [
-            GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=refs[i % 8]) for i, p in enumerate(prompts)
-        ]
-        base_only = [
-            GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=None) for i, p in enumerate(prompts)
-        ]
-        engine.generate(mixed)  # warm up: adapters into slots, allocator warm
-        engine.generate(base_only)
-        tokens = args.rows * args.new_tokens
-        t_mixed = best_of(args.repeats, lambda: engine.generate(mixed), sync)
-        t_base = best_of(args.repeats, lambda: engine.generate(base_only), sync)
-
-        # PEFT adapter_names on the same batch (its own tokenisation, left padding).
-        peft_base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
-        peft_model = PeftModel.from_pretrained(peft_base, paths[0], adapter_name="a0")
-        for i, p in enumerate(paths[1:], start=1):
-            peft_model.load_adapter(p, adapter_name=f"a{i}")
-        peft_model.eval()
-        tok = engine.tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
-        names = [f"a{i % 8}" for i in range(args.rows)]
-
-        @torch.inference_mode()
-        def run_peft() -> None:
-            peft_model.generate(
-                **enc,
-                adapter_names=names,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-
-        run_peft()
-        t_peft = best_of(args.repeats, run_peft, sync)
-
-        emit(
-            "mixed8_over_base",
-            t_base / t_mixed,
-            ours_tok_s=round(tokens / t_mixed, 1),
-            base_tok_s=round(tokens / t_base, 1),
-            goal=0.9,
-            **common,
+        run = Run(
+            args=args,
+            device=torch.device(args.device),
+            dtype=getattr(torch, args.dtype),
+            base_dir=base_dir,
+            paths=paths,
+            refs=refs,
+            engine=engine,
+            prompts=prompts,
+            peft_s=peft_s,
         )
-        emit("mixed8_over_peft", t_peft / t_mixed, peft_tok_s=round(tokens / t_peft, 1), goal=1.8, **common)
-
-        # Swaps: host -> slot, and disk -> host -> slot, for one r = 16 adapter.
-        host = read_adapter(paths[0], key="swap", sha256=None, shapes=engine.shapes, r_max=16, dtype=dtype)
-        host_times, disk_times = [], []
-        for _ in range(20):
-            sync()
-            start = time.perf_counter()
-            engine._to_slot(1, host, name="swap")
-            sync()
-            host_times.append(time.perf_counter() - start)
-        for _ in range(10):
-            sync()
-            start = time.perf_counter()
-            fresh = read_adapter(
-                paths[1], key="swap-disk", sha256=refs[1].sha256, shapes=engine.shapes, r_max=16, dtype=dtype
-            )
-            engine._to_slot(2, fresh, name="swap-disk")
-            sync()
-            disk_times.append(time.perf_counter() - start)
-        mib = host.nbytes / 2**20
-        emit("swap_host_ms", 1000 * statistics.median(host_times), adapter_mib=round(mib, 2), goal=2, **common)
-        emit("swap_disk_ms", 1000 * statistics.median(disk_times), adapter_mib=round(mib, 2), goal=50, **common)
-
-        # Continuous vs static batching: 64 requests, lengths spread over 1-64 tokens.
-        lengths = [rng.randint(1, 64) for _ in range(64)]
-        spread = [
-            GenRequest(
-                job_id=f"c{i}",
-                prompt=prompts[i % len(prompts)],
-                sampling=SamplingParams(max_tokens=n),
-                adapter=refs[i % 8],
-            )
-            for i, n in enumerate(lengths)
-        ]
-
-        def static(*, compacted: bool) -> None:
-            """Batches of ``rows`` in arrival order; nothing joins a running batch. Classic static
-            batching (transformers' ``generate``) computes every row until the batch's longest is
-            done; ``compacted`` drops finished rows from the batch, which only helps where a step's
-            cost grows with its rows (a CPU), not on a GPU."""
-            for i in range(0, len(spread), args.rows):
-                chunk = spread[i : i + args.rows]
-                if not compacted:
-                    longest = max(r.sampling.max_tokens for r in chunk)
-                    chunk = [
-                        GenRequest(
-                            job_id=r.job_id,
-                            prompt=r.prompt,
-                            sampling=SamplingParams(max_tokens=longest),
-                            adapter=r.adapter,
-                        )
-                        for r in chunk
-                    ]
-                engine.generate(chunk)
-
-        t_cont = best_of(args.repeats, lambda: engine.generate(spread), sync)
-        t_static = best_of(args.repeats, lambda: static(compacted=False), sync)
-        t_compacted = best_of(args.repeats, lambda: static(compacted=True), sync)
-        emit(
-            "continuous_over_static",
-            t_static / t_cont,
-            over_compacted_static=round(t_compacted / t_cont, 4),
-            requests=len(spread),
-            tokens=sum(lengths),
-            goal=1.5,
-            **common,
-        )
+        mixed_vs_base_and_peft(run)
+        swaps(run)
+        continuous_vs_static(run)
         engine.close()
 
 

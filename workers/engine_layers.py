@@ -46,8 +46,9 @@ class LoRABatch:
     Rows are grouped by adapter: ``group_rows`` lists, for each adapter in the
     batch (``adapters``, ascending slot) and each of ``per_group`` places, a row
     of that adapter (places beyond an adapter's row count repeat a row; their
-    results are never read). ``lora_rows``/``lora_places`` map each row that
-    has an adapter to its place. Layers copy the weights of ``adapters`` only
+    results are never read). ``row_places`` gives each row its place, and rows
+    without an adapter the extra place after the last (a zero delta, present
+    when ``has_base``). Layers copy the weights of ``adapters`` only
     when that *set* changes (``weights_version``); rows joining or leaving
     with adapters already present cost a few index ops, not a weight copy.
     """
@@ -56,8 +57,8 @@ class LoRABatch:
     rows: int = 0
     per_group: int = 0
     group_rows: torch.Tensor | None = None  # [adapters * per_group]
-    lora_rows: torch.Tensor | None = None  # [rows with an adapter]
-    lora_places: torch.Tensor | None = None  # their places in the grouped layout
+    row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
+    has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
     uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
     rank: int = 0  # the widest rank among loaded slots: columns beyond it are zero and skipped
     weights_version: int = 0
@@ -72,19 +73,17 @@ class LoRABatch:
             if slot:
                 members[slot].append(row)
         self.per_group = max((len(m) for m in members.values()), default=0)
-        group_rows, lora_rows, lora_places = [], [], []
+        group_rows: list[int] = []
+        places = [len(adapters) * self.per_group] * len(slots)  # the zero place, for base rows
         for g, adapter in enumerate(adapters):
             rows = members[adapter]
             group_rows += rows + [rows[0]] * (self.per_group - len(rows))
-            lora_rows += rows
-            lora_places += [g * self.per_group + i for i in range(len(rows))]
-        self.uniform = lora_rows == list(range(len(slots))) and len(group_rows) == len(slots)
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
-        self.group_rows, self.lora_rows, self.lora_places = (
-            as_tensor(group_rows),
-            as_tensor(lora_rows),
-            as_tensor(lora_places),
-        )
+            for i, row in enumerate(rows):
+                places[row] = g * self.per_group + i
+        self.has_base = 0 in slots
+        self.uniform = not self.has_base and places == list(range(len(slots))) and len(group_rows) == len(slots)
+        self.group_rows = torch.tensor(group_rows, dtype=torch.long, device=device)
+        self.row_places = torch.tensor(places, dtype=torch.long, device=device)
 
     def touch(self) -> None:
         """A slot's weights changed: every layer re-copies the batch's adapters."""
@@ -161,11 +160,12 @@ class MixedLoRA(nn.Module):
             xg = x3.reshape(groups, -1, self.in_features)
             d = torch.bmm(torch.bmm(xg, self._a), self._b)
             return (y.reshape(groups, -1, self.out_features) + d).reshape(y.shape)
-        assert batch.group_rows is not None and batch.lora_rows is not None and batch.lora_places is not None
+        assert batch.group_rows is not None and batch.row_places is not None
         xg = x3.index_select(0, batch.group_rows).reshape(groups, batch.per_group * steps, self.in_features)
         d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * batch.per_group, steps, self.out_features)
-        y3 = y.reshape(batch.rows, steps, self.out_features)
-        return y3.index_add(0, batch.lora_rows, d.index_select(0, batch.lora_places)).reshape(y.shape)
+        if batch.has_base:
+            d = torch.cat([d, d.new_zeros(1, steps, self.out_features)])
+        return (y.reshape(batch.rows, steps, self.out_features) + d.index_select(0, batch.row_places)).reshape(y.shape)
 
 
 def target_modules(model: nn.Module) -> dict[str, nn.Module]:
