@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model bench-sticky clean
+.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ lint: install
 # Rebuild the shipped demo model from scratch (CPU, fixed seeds, ~20 min).
 model: install
 	$(PY) -m workers.demo_model.build
+
+# Benchmarks: run by hand, never by CI; each prints one JSON line per figure.
+bench: bench-sticky bench-engine bench-e2e
+
+bench-sticky: install
+	$(PY) bench/sticky.py
+
+bench-engine: install
+	$(PY) bench/engine.py
+
+bench-e2e: install
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -93,6 +93,7 @@ class Pipeline:
             admin_key=secrets.token_urlsafe(12),
             flower_auth="a:b",
         )
+        self.retries = 0  # POSTs retried after a dropped connection
         self.engine = make_engine(self.db_url)
         self.sessions = session_factory(self.engine)
         gateway = ["-m", "uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
@@ -134,23 +135,38 @@ class Pipeline:
                 elif time.monotonic() - stalled_since > 120:
                     raise RuntimeError(f"no progress for 120 s: {self.statuses()}")
         elapsed = time.perf_counter() - started
-        print(f"{label}: submitted in {submitted:.1f}s, finished in {elapsed:.1f}s", file=sys.stderr)
+        print(
+            f"{label}: submitted in {submitted:.1f}s ({self.retries} POSTs retried so far), finished in {elapsed:.1f}s",
+            file=sys.stderr,
+        )
         return elapsed
 
     async def _submit(self, jobs: list[JobSpec], *, max_tokens: int, concurrency: int, label: str) -> None:
-        queue: asyncio.Queue[JobSpec] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
+        queue: asyncio.Queue[tuple[int, JobSpec]] = asyncio.Queue()
+        for item in enumerate(jobs):
+            queue.put_nowait(item)
         bar = tqdm(total=len(jobs), desc=f"{label} submit", file=sys.stderr, unit="job")
         limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=self.stack.url, headers=self.headers, timeout=60, limits=limits) as c:
 
             async def post_all() -> None:
                 while not queue.empty():
-                    job = queue.get_nowait()
-                    body = {"adapter": job.adapter, "prompt": job.prompt, "max_tokens": max_tokens}
-                    resp = await c.post("/v1/jobs", json=body)
-                    if resp.status_code != 202:
+                    i, job = queue.get_nowait()
+                    body = {
+                        "adapter": job.adapter,
+                        "prompt": job.prompt,
+                        "max_tokens": max_tokens,
+                        "idempotency_key": f"{label}-{i}",  # a retried POST never makes a second job
+                    }
+                    for attempt in range(4):
+                        try:
+                            resp = await c.post("/v1/jobs", json=body)
+                            break
+                        except httpx.TransportError:
+                            if attempt == 3:
+                                raise
+                            self.retries += 1
+                    if resp.status_code not in (200, 202):
                         raise RuntimeError(f"submit failed: {resp.status_code} {resp.text}")
                     bar.update()
 

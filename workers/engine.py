@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ from workers.slots import Slot, choose_slot, host_evictions
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_EVERY = 4  # decode steps between cancellation checks (one Redis MGET)
+SWAP_WAIT_S = 0.5  # a row waits at most this long for rows of resident adapters to go first
 
 
 @dataclass
@@ -66,6 +67,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
     exclusive: bool = False  # runs alone: it shared a step that failed, and may be the cause
+    arrived: float = field(default_factory=time.monotonic)
     future: Future[GenerationResult] = field(default_factory=Future)
 
     def restart(self, device: torch.device) -> None:
@@ -380,21 +382,31 @@ class LoraEngine:
         group = max(1, self.max_rows // 4)
         if running and self.max_rows - len(running) < min(group, len(pending)):
             return joined
-        while pending:
-            row = pending.popleft()
+        clock = time.monotonic()
+
+        def order(r: _Row) -> int:
+            """Overdue rows first, then rows whose adapter is in a slot, then rows needing a swap."""
+            if clock - r.arrived >= SWAP_WAIT_S:
+                return 0
+            return 1 if r.key is None or self._slot_of(r.key) is not None else 2
+
+        candidates = sorted(pending, key=order)  # stable: arrival order within each class
+        pending.clear()
+        wanted = frozenset(r.key for r in candidates if r.key)
+        for i, row in enumerate(candidates):
             now = running + joined
             if len(now) >= self.max_rows or not memory.fits(
                 running_needs=[r.need for r in now], need=row.need, kv_tokens=self.budget.kv_tokens
             ):
-                waiting.append(row)
+                waiting.extend(candidates[i:])
                 break
-            slot = self._slot_for(row, pinned={r.key for r in now if r.key})
+            slot = self._slot_for(row, pinned={r.key for r in now if r.key}, wanted=wanted)
             if slot is None:  # adapter still loading, or every slot in use by running rows
                 waiting.append(row)
                 continue
             row.slot = slot
             joined.append(row)
-        pending.extendleft(reversed(waiting))
+        pending.extend(sorted(waiting, key=lambda r: r.arrived))
         return joined
 
     def _prefill(self, rows: list[_Row], kv: _KVBatch) -> None:
@@ -504,7 +516,7 @@ class LoraEngine:
     def _slot_of(self, key: str) -> int | None:
         return next((i + 1 for i, s in enumerate(self.slots) if s.key == key), None)
 
-    def _slot_for(self, row: _Row, *, pinned: set[str]) -> int | None:
+    def _slot_for(self, row: _Row, *, pinned: Collection[str], wanted: Collection[str] = ()) -> int | None:
         """The row's slot: 0 for the base, a resident slot, or a slot it is copied into now from host memory."""
         if row.req.adapter is None:
             return 0
@@ -516,7 +528,7 @@ class LoraEngine:
         if adapter is None:
             self._start_load(row.req.adapter)  # no-op while it is loading
             return None
-        slot = choose_slot(self.slots, pinned=pinned)
+        slot = choose_slot(self.slots, pinned=pinned, wanted=wanted)
         if slot is None:
             return None
         self._to_slot(slot, adapter, name=row.req.adapter.name)

@@ -19,11 +19,12 @@ class Slot:
     last_used: float  # when a row last used it (monotonic clock)
 
 
-def choose_slot(slots: Sequence[Slot], *, pinned: Collection[str]) -> int | None:
+def choose_slot(slots: Sequence[Slot], *, pinned: Collection[str], wanted: Collection[str] = ()) -> int | None:
     """Index (1-based, as in the engine's slot table) for a new adapter, or None while every slot is pinned.
 
     A free slot first; otherwise the least recently used slot that no
-    running row needs.
+    running row uses, preferring one no waiting row wants either (evicting
+    an adapter that rows are queued for only means loading it back).
     """
     free = [i for i, s in enumerate(slots) if s.key is None]
     if free:
@@ -31,7 +32,7 @@ def choose_slot(slots: Sequence[Slot], *, pinned: Collection[str]) -> int | None
     evictable = [i for i, s in enumerate(slots) if s.key not in pinned]
     if not evictable:
         return None
-    return min(evictable, key=lambda i: (slots[i].last_used, i)) + 1
+    return min(evictable, key=lambda i: (slots[i].key in wanted, slots[i].last_used, i)) + 1
 
 
 def host_evictions(sizes: Sequence[tuple[str, int]], *, budget: int, keep: Collection[str]) -> list[str]:

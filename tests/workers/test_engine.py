@@ -278,3 +278,22 @@ def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
     shared = [int(m.group(1)) for m in map(re.compile(r"a step of (\d+) rows failed").search, caplog.messages) if m]
     assert shared and max(shared) >= 2, caplog.messages  # the good rows were in the failing step
     assert [r.text for r in out["good"]] == ["HELLO THERE", expected("swapcase", "second good")]  # type: ignore[union-attr]
+
+
+def test_rows_of_resident_adapters_go_before_a_row_that_needs_a_swap_which_still_runs() -> None:
+    steps: list[frozenset[str]] = []
+    eng = LoraEngine(
+        base_model=DEMO / "base",
+        max_rows=2,
+        max_loras=1,
+        memory_budget_mb=256,
+        cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
+    )
+    upper = skill_ref("upper")
+    eng.generate([req("warm", "warm", upper)])  # upper holds the only slot
+    steps.clear()
+    rows = [req("swap", "needs a swap", skill_ref("rot13")), *(req(f"u{i}", f"resident {i}", upper) for i in range(3))]
+    results = eng.generate(rows)
+    assert results[0].text == expected("rot13", "needs a swap")
+    assert steps[0] <= {"u0", "u1", "u2"}, steps[:3]  # the resident rows started first
+    assert eng.adapter_loads() == 2  # upper, then rot13 once (not back and forth)

@@ -20,6 +20,12 @@ def test_the_least_recently_used_unpinned_slot_is_evicted() -> None:
     assert choose_slot(slots, pinned={"a", "b", "c"}) is None
 
 
+def test_an_adapter_waiting_rows_want_is_evicted_last() -> None:
+    slots = [Slot("wanted-old", 1.0), Slot("idle-new", 5.0), Slot("running", 0.5)]
+    assert choose_slot(slots, pinned={"running"}, wanted={"wanted-old"}) == 2
+    assert choose_slot(slots, pinned={"running", "idle-new"}, wanted={"wanted-old"}) == 1
+
+
 @given(
     st.lists(
         st.tuples(st.sampled_from("abcdefgh"), st.floats(0, 100)), min_size=1, max_size=8, unique_by=lambda t: t[0]
