@@ -284,3 +284,33 @@ def record(session: Session, outcomes: list[Outcome]) -> None:
 
 def is_terminal(status: str) -> bool:
     return status in {s.value for s in TERMINAL_STATUSES}
+
+
+def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[tuple[TaskJob, int]]:
+    """Jobs still queued since before ``older_than``, rebuilt as the message that should carry them,
+    with their priority."""
+    rows = session.execute(
+        select(Job, Adapter.name, AdapterVersion)
+        .join(Adapter, Adapter.id == Job.adapter_id)
+        .join(AdapterVersion, AdapterVersion.id == Job.version_id)
+        .where(Job.status == JobStatus.QUEUED, Job.created_at < older_than)
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [
+        (
+            TaskJob(
+                job_id=job.id,
+                adapter=name,
+                version_id=version.id,
+                version=version.version,
+                uri=version.uri,
+                sha256=version.sha256,
+                prompt=(request := JobCreate.model_validate(job.request)).prompt,
+                sampling=request.sampling(),
+                enqueued_at=job.created_at.timestamp(),
+            ),
+            job.priority,
+        )
+        for job, name, version in rows
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from workers.celery_app import make_celery
 from workers.generation import Generator
 from workers.queue_consumer import make_sticky_consumer
 from workers.queue_state import read_states
+from workers.reconcile import reconcile_once
 from workers.runtime import Runtime
 from workers.settings import WorkerSettings
 from workers.sticky import StickyConfig
@@ -126,6 +128,19 @@ def _resident() -> set[str]:
     return current.resident_adapters() if current else set()
 
 
+_last_reconcile = 0.0
+
+
+def _reconcile() -> None:
+    """Every LORAQ_RECONCILE_INTERVAL_S, one worker re-publishes jobs whose message was lost."""
+    global _last_reconcile
+    if time.monotonic() - _last_reconcile < settings.reconcile_interval_s:
+        return
+    _last_reconcile = time.monotonic()
+    lock_s = max(1, int(settings.reconcile_interval_s))
+    reconcile_once(sessions=sessions, client=broker, app=app, grace_s=settings.reconcile_grace_s, lock_s=lock_s)
+
+
 def _heartbeat() -> None:
     tags = heartbeat.held_delivery_tags()
     heartbeat.refresh_visibility(broker, tags)
@@ -140,6 +155,7 @@ def _heartbeat() -> None:
             loads=current.generator.adapter_loads(),
             ttl_s=ttl,
         )
+        _reconcile()
 
 
 app.steps["consumer"].add(

@@ -34,6 +34,9 @@ class WorkerSettings(BaseSettings):
         ge=5,
         description="A dead worker's messages go back to their queue after this; live ones are kept by heartbeats.",
     )
+    reconcile_interval_s: float = Field(
+        default=10.0, gt=0, description="How often one worker re-publishes queued jobs whose message was lost."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Runs of a job that fails unexpectedly before it fails.")
     sticky_max_wait_s: float = Field(
         default=30.0, gt=0, description="Sticky bound: a queue whose oldest job waited this long is served next."
@@ -51,3 +54,8 @@ class WorkerSettings(BaseSettings):
         default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
     )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    @property
+    def reconcile_grace_s(self) -> float:
+        """A queued job is looked for only after a dead worker's messages are surely back in their queue."""
+        return 2 * self.visibility_timeout_s + 10

@@ -1,0 +1,55 @@
+"""Queued jobs whose message vanished are published again; others are left alone.
+
+Real Redis (a private server) and the registry on SQLite and PostgreSQL;
+messages are published with the real Celery app, as the gateway does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import redis
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db import transaction
+from registry.models import Job, utcnow
+from registry.queues import queue_name
+from tests.workers.test_runtime import enqueue
+from workers.celery_app import make_celery
+from workers.reconcile import UNACKED, message_id, missing, publish, reconcile_once
+
+
+def test_message_ids_are_read_from_queued_and_unacked_entries() -> None:
+    message = {"headers": {"id": "job-1"}, "properties": {"correlation_id": "job-1"}, "body": ""}
+    assert message_id(json.dumps(message)) == "job-1"
+    assert message_id(json.dumps([message, "", "lora.x"])) == "job-1"
+    assert message_id(b"not json") is None
+    assert missing(["a", "b", "c"], {"b"}) == ["a", "c"]
+
+
+def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
+    session_factory: sessionmaker[Session], redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    app = make_celery(redis_url)
+    lost, waiting, held, fresh = enqueue(session_factory, ["lost", "waiting", "held", "fresh"])
+    with transaction(session_factory) as session:  # all but "fresh" were accepted a minute ago
+        old = utcnow() - timedelta(seconds=60)
+        session.execute(
+            update(Job).where(Job.id.in_([lost.job_id, waiting.job_id, held.job_id])).values(created_at=old)
+        )
+    publish(app, waiting, priority=6)  # still in its queue
+    held_message = {"headers": {"id": held.job_id}, "properties": {"correlation_id": held.job_id}}
+    client.hset(UNACKED, "tag-1", json.dumps([held_message, "", queue_name("upper")]))  # a worker holds it
+
+    again = reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1)
+
+    assert again == [lost.job_id]
+    queued = [message_id(m) for key in client.keys(queue_name("upper") + "*") for m in client.lrange(key, 0, -1)]
+    assert sorted(queued) == sorted([waiting.job_id, lost.job_id])
+    # Another worker's pass within the lock period does nothing.
+    assert reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1) == []
+    assert fresh.job_id not in queued
