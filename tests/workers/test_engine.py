@@ -280,7 +280,11 @@ def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
     assert [r.text for r in out["good"]] == ["HELLO THERE", expected("swapcase", "second good")]  # type: ignore[union-attr]
 
 
-def test_rows_of_resident_adapters_go_before_a_row_that_needs_a_swap_which_still_runs() -> None:
+@pytest.mark.parametrize("swap_wait_s", [60.0, 0.0])
+def test_rows_of_resident_adapters_go_before_a_row_needing_a_swap_until_it_has_waited_long_enough(
+    monkeypatch: pytest.MonkeyPatch, swap_wait_s: float
+) -> None:
+    monkeypatch.setattr(engine_module, "SWAP_WAIT_S", swap_wait_s)  # the bound, made deterministic
     steps: list[frozenset[str]] = []
     eng = LoraEngine(
         base_model=DEMO / "base",
@@ -289,11 +293,16 @@ def test_rows_of_resident_adapters_go_before_a_row_that_needs_a_swap_which_still
         memory_budget_mb=256,
         cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
     )
-    upper = skill_ref("upper")
-    eng.generate([req("warm", "warm", upper)])  # upper holds the only slot
+    upper, rot13 = skill_ref("upper"), skill_ref("rot13")
+    eng.generate([req("warm1", "warm", rot13)])
+    eng.generate([req("warm2", "warm", upper)])  # both in host memory; upper holds the only slot
     steps.clear()
-    rows = [req("swap", "needs a swap", skill_ref("rot13")), *(req(f"u{i}", f"resident {i}", upper) for i in range(3))]
+    rows = [req("swap", "needs a swap", rot13), *(req(f"u{i}", f"resident {i}", upper) for i in range(3))]
     results = eng.generate(rows)
     assert results[0].text == expected("rot13", "needs a swap")
-    assert steps[0] <= {"u0", "u1", "u2"}, steps[:3]  # the resident rows started first
-    assert eng.adapter_loads() == 2  # upper, then rot13 once (not back and forth)
+    assert [r.text for r in results[1:]] == [f"RESIDENT {i}" for i in range(3)]
+    if swap_wait_s:
+        assert steps[0] <= {"u0", "u1", "u2"}, steps[:3]  # the resident rows went first
+        assert eng.adapter_loads() == 3  # rot13, upper, then rot13 once: not back and forth
+    else:
+        assert "swap" in steps[0]  # overdue at once: arrival order
