@@ -245,8 +245,31 @@ def test_calls_from_several_threads_share_one_running_batch() -> None:
 def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Fault injection: the embedding raises for any batch holding the byte "~" (as a kernel bug would)."""
-    eng = LoraEngine(base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256)
+    """Fault injection: the embedding raises for any batch holding the byte "~" (as a kernel bug would).
+
+    The poison row is submitted while the good rows are running (from the
+    engine's cancellation probe, which runs between steps), so it joins them."""
+    out: dict[str, object] = {}
+
+    def run(name: str, rows: list[GenRequest]) -> None:
+        try:
+            out[name] = eng.generate(rows)
+        except Exception as exc:
+            out[name] = exc
+
+    bad = threading.Thread(target=run, args=("bad", [req("p", "a ~ poison", skill_ref("upper"))]))
+
+    def submit_poison_once(job_ids: object) -> set[str]:
+        if not bad.is_alive() and "bad" not in out:
+            bad.start()
+            deadline = time.monotonic() + 5
+            while eng._inbox.qsize() == 0 and time.monotonic() < deadline:  # until it waits at the next step
+                time.sleep(0.001)
+        return set()
+
+    eng = LoraEngine(
+        base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256, cancelled=submit_poison_once
+    )
     poison_id = eng.tokenizer("~")["input_ids"][1]
     embed = eng.model.get_input_embeddings()
     real_forward = embed.forward
@@ -258,22 +281,8 @@ def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
 
     monkeypatch.setattr(embed, "forward", forward)
     good = [req("g1", "hello there", skill_ref("upper")), req("g2", "second good", skill_ref("swapcase"))]
-    out: dict[str, object] = {}
-
-    def run(name: str, rows: list[GenRequest]) -> None:
-        try:
-            out[name] = eng.generate(rows)
-        except Exception as exc:
-            out[name] = exc
-
-    threads = [
-        threading.Thread(target=run, args=("good", good)),
-        threading.Thread(target=run, args=("bad", [req("p", "a ~ poison", skill_ref("upper"))])),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run("good", good)
+    bad.join(60)
     assert isinstance(out["bad"], RuntimeError)
     shared = [int(m.group(1)) for m in map(re.compile(r"a step of (\d+) rows failed").search, caplog.messages) if m]
     assert shared and max(shared) >= 2, caplog.messages  # the good rows were in the failing step
