@@ -43,6 +43,7 @@ from registry.schemas import GenerationResult
 from workers import memory
 from workers.decoding import finish_row
 from workers.engine_adapters import HostAdapter, read_adapter
+from workers.engine_kv import KVBatch
 from workers.engine_layers import wrap
 from workers.engine_sampling import choose_tokens, row_generator
 from workers.engine_store import local_dir
@@ -83,52 +84,6 @@ class _Row:
     @property
     def key(self) -> str | None:
         return self.req.adapter.key if self.req.adapter else None
-
-
-class _KVBatch:
-    """The running rows' KV cache, left-padded to one length, and its attention mask."""
-
-    def __init__(self) -> None:
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # [rows, length], 1 = real token
-
-    def add(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        if self.cache is None or self.mask is None:
-            self.cache, self.mask = cache, mask
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, length, dim=2), _left_pad(new.keys, length, dim=2)])
-            old.values = torch.cat([_left_pad(old.values, length, dim=2), _left_pad(new.values, length, dim=2)])
-        self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (indices), then drop the columns that are padding for all of them."""
-        if not rows:
-            self.cache = self.mask = None
-            return
-        assert self.cache is not None and self.mask is not None
-        index = torch.tensor(rows, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())  # leading columns every row pads
-        self.mask = mask[:, pad:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, pad:]
-            layer.values = layer.values.index_select(0, index)[:, :, pad:]
-
-    def extend(self) -> torch.Tensor:
-        assert self.mask is not None
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        return self.mask
-
-
-def _left_pad(t: torch.Tensor, length: int, *, dim: int) -> torch.Tensor:
-    missing = length - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 class LoraEngine:
@@ -293,7 +248,7 @@ class LoraEngine:
         """The step loop, on its own thread for the engine's lifetime."""
         pending: deque[_Row] = deque()
         running: list[_Row] = []
-        kv = _KVBatch()
+        kv = KVBatch()
         while self._receive(pending, block=not pending and not running):
             joined: list[_Row] = []
             try:
@@ -303,7 +258,7 @@ class LoraEngine:
                     running = self._step(joined, running, kv)
             except Exception as exc:  # a forward failed: no row of it can be trusted to be innocent
                 running = self._isolate([*running, *(r for r in joined if r not in running)], exc, pending)
-                kv = _KVBatch()
+                kv = KVBatch()
                 self._slot_map = None
             self._pinned = frozenset(r.key for r in running if r.key)
             if not running and pending and not joined:
@@ -319,7 +274,7 @@ class LoraEngine:
             block = False
         return True
 
-    def _step(self, joined: list[_Row], running: list[_Row], kv: _KVBatch) -> list[_Row]:
+    def _step(self, joined: list[_Row], running: list[_Row], kv: KVBatch) -> list[_Row]:
         """Prefill the rows joining, one decode step for all, and retire the finished."""
         if joined:
             self._prefill(joined, kv)
@@ -409,7 +364,7 @@ class LoraEngine:
         pending.extend(sorted(waiting, key=lambda r: r.arrived))
         return joined
 
-    def _prefill(self, rows: list[_Row], kv: _KVBatch) -> None:
+    def _prefill(self, rows: list[_Row], kv: KVBatch) -> None:
         cache = DynamicCache()
         logits, mask = self._forward_prompts(rows, cache=cache, last_only=True)
         self._append(rows, logits[:, -1, :])
@@ -458,7 +413,7 @@ class LoraEngine:
             logits, _ = self._forward_prompts(rows, cache=None, last_only=False)
         return [logits[i, logits.shape[1] - len(r.prompt_ids) :] for i, r in enumerate(rows)]
 
-    def _decode(self, rows: list[_Row], kv: _KVBatch) -> None:
+    def _decode(self, rows: list[_Row], kv: KVBatch) -> None:
         ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
         positions = torch.tensor([[len(r.prompt_ids) + len(r.tokens) - 1] for r in rows], device=self.device)
         mask = kv.extend()
@@ -474,7 +429,7 @@ class LoraEngine:
             if r.slot:
                 self.slots[r.slot - 1] = Slot(key=r.key, last_used=now)
 
-    def _retire(self, rows: list[_Row], kv: _KVBatch) -> list[_Row]:
+    def _retire(self, rows: list[_Row], kv: KVBatch) -> list[_Row]:
         """Hand finished rows their results and drop them from the KV cache; return the rows still running."""
         keep = []
         for i, r in enumerate(rows):
