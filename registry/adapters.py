@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from registry import routes
 from registry.adapter_check import AdapterInfo
 from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Route, Tenant, utcnow
@@ -87,10 +88,11 @@ def register_version(
     )
     session.add(version)
     session.flush()
-    for route in session.scalars(select(Route).where(Route.adapter_id == adapter.id)):
-        session.delete(route)
-    session.add(Route(adapter_id=adapter.id, version_id=version.id, weight=100, updated_at=now))
-    session.flush()
+    shadow = routes.current(session, adapter)
+    spec = routes.RouteSpec(
+        weights={version.version: 100}, shadow_version=shadow.shadow_version, shadow_fraction=shadow.shadow_fraction
+    )
+    routes.apply(session, adapter, spec, action="register", actor=owner.name)
     return version
 
 

@@ -142,6 +142,20 @@ class Route(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RouteChange(Base):
+    """Every route an adapter has had, newest last: who changed it, when, how; rollback pops one."""
+
+    __tablename__ = "route_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), index=True)
+    weights: Mapped[dict[str, Any]] = mapped_column()  # version number (as text) -> weight percent
+    shadow_version: Mapped[int | None] = mapped_column(Integer, default=None)  # version number
+    shadow_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    action: Mapped[str] = mapped_column(String(16))  # register / set / promote / retire
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class FileRow(Base):
     """An uploaded or generated file (Batch API input, output, error)."""
 
