@@ -32,10 +32,12 @@ adapters_app = typer.Typer(help="Register and list adapters.", no_args_is_help=T
 jobs_app = typer.Typer(help="Read jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Tenant API keys (admin).", no_args_is_help=True)
 db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
+routes_app = typer.Typer(help="Canary weights, shadow traffic, promote and rollback (admin).", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(routes_app, name="routes")
 console = Console()
 err = Console(stderr=True)
 
@@ -170,6 +172,70 @@ def adapters_list() -> None:
             routes = ", ".join(f"v{v}={w}%" for v, w in a["routes"].items())
             table.add_row(a["name"], a["queue"], routes, str(len(a["versions"])), "yes" if a["public"] else "no")
         console.print(table)
+
+    _run(go)
+
+
+def _print_route(body: dict[str, Any]) -> None:
+    legs = ", ".join(f"v{v}={w}%" for v, w in body["routes"].items())
+    shadow = body.get("shadow")
+    extra = f"; shadow v{shadow['version']} on {shadow['fraction']:.0%} of jobs" if shadow else ""
+    console.print(f"{body['name']}: {legs}{extra}")
+
+
+def parse_weights(legs: list[str]) -> dict[int, int]:
+    """``v1=90 v2=10`` (or ``1=90 2=10``) -> {1: 90, 2: 10}."""
+    weights: dict[int, int] = {}
+    for leg in legs:
+        version, sep, weight = leg.partition("=")
+        try:
+            weights[int(version.removeprefix("v"))] = int(weight)
+        except ValueError:
+            raise typer.BadParameter(f"{leg!r}: write VERSION=PERCENT, e.g. v1=90") from None
+        if not sep:
+            raise typer.BadParameter(f"{leg!r}: write VERSION=PERCENT, e.g. v1=90")
+    return weights
+
+
+def parse_shadow(shadow: str) -> dict[str, Any]:
+    """``v3:0.05`` -> {"version": 3, "fraction": 0.05}."""
+    version, _, fraction = shadow.partition(":")
+    try:
+        return {"version": int(version.removeprefix("v")), "fraction": float(fraction)}
+    except ValueError:
+        raise typer.BadParameter(f"{shadow!r}: write VERSION:FRACTION, e.g. v3:0.05") from None
+
+
+@routes_app.command("set")
+def routes_set(
+    name: str,
+    legs: Annotated[list[str], typer.Argument(help="VERSION=PERCENT legs summing to 100, e.g. v1=90 v2=10.")],
+    shadow: Annotated[str | None, typer.Option(help="VERSION:FRACTION also run in the shadow, e.g. v3:0.05.")] = None,
+) -> None:
+    """Split NAME's traffic over its versions."""
+    body = {"weights": parse_weights(legs), "shadow": parse_shadow(shadow) if shadow else None}
+    _run(lambda: _print_route(_client().call("PUT", f"/v1/adapters/{name}/route", json=body)))
+
+
+@routes_app.command("promote")
+def routes_promote(name: str) -> None:
+    """The canary (the newest version with traffic) takes 100 %."""
+    _run(lambda: _print_route(_client().call("POST", f"/v1/adapters/{name}/promote")))
+
+
+@routes_app.command("rollback")
+def routes_rollback(name: str) -> None:
+    """Undo the newest route change of NAME."""
+    _run(lambda: _print_route(_client().call("POST", f"/v1/adapters/{name}/rollback")))
+
+
+@adapters_app.command("retire")
+def adapters_retire(name: str, version: int) -> None:
+    """Stop serving VERSION of NAME (it must take no traffic; running jobs finish)."""
+
+    def go() -> None:
+        _client().call("POST", f"/v1/adapters/{name}/versions/{version}/retire")
+        console.print(f"{name} v{version} retired")
 
     _run(go)
 

@@ -95,8 +95,12 @@ def set_route(session: Session, adapter: Adapter, spec: RouteSpec, *, actor: str
 
 
 def promote(session: Session, adapter: Adapter, *, actor: str) -> None:
+    """The canary takes all traffic; a shadow stays as it is (it is set or cleared on its own)."""
     now = current(session, adapter)
-    apply(session, adapter, RouteSpec(weights=promoted(now.weights)), action="promote", actor=actor)
+    spec = RouteSpec(
+        weights=promoted(now.weights), shadow_version=now.shadow_version, shadow_fraction=now.shadow_fraction
+    )
+    apply(session, adapter, spec, action="promote", actor=actor)
 
 
 def rollback(session: Session, adapter: Adapter, *, actor: str) -> RouteSpec:

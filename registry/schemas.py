@@ -184,6 +184,22 @@ class AdapterVersionView(BaseModel):
     created_at: datetime
 
 
+class ShadowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of the adapter's jobs also run on this version.")
+
+
+class RouteSet(BaseModel):
+    """Body of ``PUT /v1/adapters/{name}/route``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[int, int] = Field(description="Version number -> percent; must sum to 100.")
+    shadow: ShadowSpec | None = None
+
+
 class AdapterView(BaseModel):
     name: str
     object: str = "adapter"
@@ -191,4 +207,5 @@ class AdapterView(BaseModel):
     owner: str | None
     queue: str
     routes: dict[int, int]  # version -> weight (percent)
+    shadow: ShadowSpec | None = None
     versions: list[AdapterVersionView]

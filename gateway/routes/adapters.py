@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter
 from sqlalchemy import select
 
 from gateway.deps import AdminTenant, CurrentTenant, SessionDep, SettingsDep
-from registry import adapters
+from registry import adapters, routes
 from registry.adapter_check import validate_adapter
 from registry.models import Adapter, Tenant
 from registry.queues import queue_name
-from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView
+from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView, RouteSet, ShadowSpec
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -35,6 +36,7 @@ def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str], *, view
         owner=owners.get(adapter.owner_tenant_id) if adapter.owner_tenant_id else None,
         queue=queue_name(adapter.name),
         routes=adapters.route_weights(session, adapter),
+        shadow=_shadow(session, adapter),
         versions=[
             AdapterVersionView(
                 version=v.version,
@@ -50,6 +52,13 @@ def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str], *, view
             for v in versions
         ],
     )
+
+
+def _shadow(session: SessionDep, adapter: Adapter) -> ShadowSpec | None:
+    spec = routes.current(session, adapter)
+    if spec.shadow_version is None:
+        return None
+    return ShadowSpec(version=spec.shadow_version, fraction=spec.shadow_fraction)
 
 
 def _owner_names(session: SessionDep) -> dict[int, str]:
@@ -85,3 +94,42 @@ def list_adapters(tenant: CurrentTenant, session: SessionDep) -> list[AdapterVie
     with session.begin():
         owners = _owner_names(session)
         return [_view(session, a, owners, viewer=tenant) for a in adapters.list_visible(session, tenant=tenant)]
+
+
+def _changed(session: SessionDep, admin: AdminTenant, name: str, change: Callable[[Adapter], object]) -> AdapterView:
+    """Apply one route change in one transaction and return the adapter as it is now."""
+    with session.begin():
+        adapter = adapters.get_visible(session, tenant=admin, name=name)
+        change(adapter)
+    with session.begin():
+        adapter = adapters.get_visible(session, tenant=admin, name=name)
+        return _view(session, adapter, _owner_names(session), viewer=admin)
+
+
+@router.put("/{name}/route", response_model=AdapterView)
+def set_route(name: str, body: RouteSet, admin: AdminTenant, session: SessionDep) -> AdapterView:
+    """Split traffic over versions (weights sum to 100), optionally shadowing a fraction onto another."""
+    spec = routes.RouteSpec(
+        weights=body.weights,
+        shadow_version=body.shadow.version if body.shadow else None,
+        shadow_fraction=body.shadow.fraction if body.shadow else 0.0,
+    )
+    return _changed(session, admin, name, lambda a: routes.set_route(session, a, spec, actor=admin.name))
+
+
+@router.post("/{name}/promote", response_model=AdapterView)
+def promote(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
+    """The canary (the newest version with traffic) takes 100 %."""
+    return _changed(session, admin, name, lambda a: routes.promote(session, a, actor=admin.name))
+
+
+@router.post("/{name}/rollback", response_model=AdapterView)
+def rollback(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
+    """Undo the newest route change; the next job already follows the route before it."""
+    return _changed(session, admin, name, lambda a: routes.rollback(session, a, actor=admin.name))
+
+
+@router.post("/{name}/versions/{version}/retire", response_model=AdapterView)
+def retire(name: str, version: int, admin: AdminTenant, session: SessionDep) -> AdapterView:
+    """Stop routing to a version that takes no traffic; running jobs finish."""
+    return _changed(session, admin, name, lambda a: routes.retire(session, a, version=version, actor=admin.name))

@@ -50,3 +50,33 @@ def test_cli_errors_are_one_line_with_the_code(loraq_stack: RunningStack) -> Non
     done = loraq(loraq_stack, "adapters", "add", "broken", "/nonexistent")
     assert done.returncode == 1
     assert "adapter_not_found" in done.stderr
+
+
+def test_canary_promote_rollback_and_retire_from_the_cli(loraq_stack: RunningStack) -> None:
+    demo = Path(__file__).resolve().parents[2] / "workers" / "demo_model" / "adapters"
+    for skill in ("upper", "rot13"):
+        added = loraq(loraq_stack, "adapters", "add", "canary", str(demo / skill))
+        assert added.returncode == 0, added.stderr
+    steps = [
+        (
+            ("routes", "set", "canary", "v1=90", "v2=10", "--shadow", "v1:0.05"),
+            "canary: v1=90%, v2=10%; shadow v1 on 5% of jobs",
+        ),
+        (("routes", "promote", "canary"), "canary: v2=100%; shadow v1 on 5% of jobs"),
+        (("routes", "rollback", "canary"), "canary: v1=90%, v2=10%; shadow v1 on 5% of jobs"),
+        (("routes", "set", "canary", "v2=100"), "canary: v2=100%"),
+        (("adapters", "retire", "canary", "1"), "canary v1 retired"),
+    ]
+    for args, printed in steps:
+        done = loraq(loraq_stack, *args)
+        assert done.returncode == 0 and done.stdout.strip() == printed, (args, done.stdout, done.stderr)
+    for args, code in [
+        (("routes", "set", "canary", "v1=100"), "version_retired"),
+        (("routes", "set", "canary", "v2=50"), "route_invalid"),
+        (("routes", "rollback", "no-such-adapter"), "adapter_not_found"),
+    ]:
+        done = loraq(loraq_stack, *args)
+        assert done.returncode == 1 and code in done.stderr, (args, done.stderr)
+    key = loraq(loraq_stack, "keys", "create", "routes-tenant").stdout.strip()
+    denied = loraq(loraq_stack, "routes", "promote", "canary", key=key)
+    assert denied.returncode == 1 and "admin_required" in denied.stderr

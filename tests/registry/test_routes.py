@@ -59,7 +59,7 @@ def test_promote_then_rollback_walks_the_route_history_back(db: Session, world: 
     upper = adapter(db, world)
     routes.set_route(db, upper, RouteSpec(weights={1: 90, 2: 10}, shadow_version=1, shadow_fraction=0.05), actor="ops")
     routes.promote(db, upper, actor="ops")
-    assert routes.current(db, upper) == RouteSpec(weights={2: 100})
+    assert routes.current(db, upper) == RouteSpec(weights={2: 100}, shadow_version=1, shadow_fraction=0.05)
     assert routes.rollback(db, upper, actor="ops") == RouteSpec(
         weights={1: 90, 2: 10}, shadow_version=1, shadow_fraction=0.05
     )
