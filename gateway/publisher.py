@@ -11,7 +11,7 @@ import logging
 from celery import Celery
 
 from registry.errors import Unavailable
-from registry.queues import CANCEL_KEY, CANCEL_TTL_S, RUN_JOB_TASK, queue_name
+from registry.queues import CANCEL_KEY, CANCEL_TTL_S, ROUTES_EPOCH_KEY, RUN_JOB_TASK, queue_name
 from registry.schemas import Priority, TaskJob
 from workers.celery_app import make_celery
 
@@ -52,6 +52,15 @@ class Publisher:
                 conn.default_channel.client.set(CANCEL_KEY.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
         except Exception:
             log.warning("could not signal the cancellation of %s to workers", job_id, exc_info=True)
+
+    def announce_routes(self) -> None:
+        """Tell running workers that adapters or routes changed, so they re-read them within a
+        plan tick instead of their next refresh. Best effort: they refresh anyway."""
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.client.incr(ROUTES_EPOCH_KEY)
+        except Exception:
+            log.warning("could not announce a route change to workers", exc_info=True)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:

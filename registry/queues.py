@@ -10,6 +10,7 @@ QUEUE_PREFIX = "lora."  # queue of adapter NAME is "lora.NAME"
 RUN_JOB_TASK = "loraq.run_job"  # the task that runs one job; its task id is the job id
 CANCEL_KEY = "loraq:cancel:{job_id}"  # set by the gateway when a job is cancelled; workers stop its row
 CANCEL_TTL_S = 24 * 3600
+ROUTES_EPOCH_KEY = "loraq:routes:epoch"  # bumped on every adapter or route change; workers re-read at once
 
 
 def queue_name(adapter: str) -> str:

@@ -20,7 +20,7 @@ from celery.signals import celeryd_after_setup
 
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
-from registry.queues import CANCEL_KEY
+from registry.queues import CANCEL_KEY, ROUTES_EPOCH_KEY
 from workers import heartbeat
 from workers.celery_app import make_celery
 from workers.generation import Generator
@@ -164,6 +164,7 @@ app.steps["consumer"].add(
         states=lambda names: read_states(broker, names),
         resident=_resident,
         heartbeat=_heartbeat,
+        routes_epoch=lambda: broker.get(ROUTES_EPOCH_KEY),
         config=StickyConfig(
             slots=settings.max_loras,
             max_wait_s=settings.sticky_max_wait_s,

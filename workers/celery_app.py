@@ -24,6 +24,9 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int = 20) -> Celery:
         # The sweep holds a Redis mutex; kombu lets it live 300 s, so a worker
         # killed while holding it would block every restore for five minutes.
         "unacked_mutex_expire": 10,
+        # BRPOP's timeout (kombu's default 1 s): a queue the sticky consumer adds is
+        # listened to from the next BRPOP, so this bounds how late a new adapter starts.
+        "polling_interval": 0.25,
     }
     app.conf.update(
         task_serializer="json",

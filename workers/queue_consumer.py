@@ -11,8 +11,11 @@ Every ``plan_interval`` seconds, on the consumer's timer:
    reserved from a cancelled queue still run.
 
 Planning is frequent because a worker whose chosen queues drained sits idle
-until the next plan. Every ``refresh_interval`` seconds it also re-reads the
-routed adapter names from the registry and heartbeats: refreshes the Redis
+until the next plan. The routed adapter names are re-read from the registry
+at once when the gateway's route epoch (a Redis counter it bumps on every
+adapter or route change) moved, so a newly registered adapter is consumed
+within a plan tick, and every ``refresh_interval`` seconds anyway, together
+with the heartbeat: refreshes the Redis
 visibility timestamps of every message this worker holds, so that only a
 dead worker's messages come back after the (short) visibility timeout, and
 publishes the worker's liveness.
@@ -54,12 +57,43 @@ def plan(
     return sorted(want - ours), sorted(ours - want)
 
 
+class AdapterNames:
+    """The routed adapter names: re-read (with a heartbeat) every ``interval`` seconds, and at once
+    whenever the route epoch moved."""
+
+    def __init__(
+        self,
+        *,
+        read: Callable[[], list[str]],
+        epoch: Callable[[], object],
+        heartbeat: Callable[[], None],
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read, self.epoch, self.heartbeat, self.interval, self.clock = read, epoch, heartbeat, interval, clock
+        self.names: list[str] = []
+        self.refreshed = -math.inf
+        self.seen: object = None
+
+    def current(self) -> list[str]:
+        epoch = self.epoch()  # one GET: the gateway bumps it on every adapter or route change
+        if self.clock() - self.refreshed >= self.interval:
+            self.heartbeat()
+            self.names = self.read()
+            self.refreshed = self.clock()
+        elif epoch != self.seen:
+            self.names = self.read()
+        self.seen = epoch
+        return self.names
+
+
 def make_sticky_consumer(
     *,
     adapters: Callable[[], list[str]],
     states: Callable[[list[str]], list[QueueState]],
     resident: Callable[[], set[str]],
     heartbeat: Callable[[], None],
+    routes_epoch: Callable[[], object],
     config: StickyConfig,
     plan_interval: float,
     refresh_interval: float,
@@ -70,8 +104,7 @@ def make_sticky_consumer(
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.tref: Any = None
-            self.names: list[str] = []
-            self.refreshed = -math.inf
+            self.names = AdapterNames(read=adapters, epoch=routes_epoch, heartbeat=heartbeat, interval=refresh_interval)
 
         def start(self, c: Any) -> None:
             self.tick(c)
@@ -84,11 +117,7 @@ def make_sticky_consumer(
 
         def tick(self, c: Any) -> None:
             try:
-                if time.monotonic() - self.refreshed >= refresh_interval:
-                    heartbeat()
-                    self.names = adapters()
-                    self.refreshed = time.monotonic()
-                names = self.names
+                names = self.names.current()
                 consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
                 add, cancel = plan(states(names), resident=resident(), consuming=consuming, config=config)
             except Exception:  # Redis or the registry briefly unreachable: try next tick

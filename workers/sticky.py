@@ -17,7 +17,8 @@ The rules, in order:
    than a batch (``batch_rows``), other queues with backlog are added,
    deepest first (a deep queue amortises its swap over many jobs), until
    they do; a queue that would need a swap is only worth it with at least
-   ``min_swap_depth`` jobs (or while the engine has a free slot). A worker
+   ``min_swap_depth`` jobs (or while the engine has a free slot, or when the
+   worker has nothing else to do: then a swap delays nobody). A worker
    never swaps an adapter in while its resident ones can fill the batch,
    and a shallow queue waits until it is overdue (rule 1), then goes
    together with the others that became overdue.
@@ -69,10 +70,11 @@ def choose_queues(queues: Sequence[QueueState], *, resident: Collection[str], co
     overdue = [q for q in backlog if urgency(q, config) >= config.max_wait_s]
     sticky = [q for q in backlog if q.adapter in resident]
     free_slots = max(0, config.slots - len(resident))
+    idle = not overdue and not sticky  # nothing else to do: a swap costs no other queue anything
     fill = [
         q
         for q in sorted(backlog, key=lambda q: (q.depth, urgency(q, config)), reverse=True)
-        if q.adapter in resident or q.depth >= config.min_swap_depth or free_slots > 0
+        if q.adapter in resident or q.depth >= config.min_swap_depth or free_slots > 0 or idle
     ]
     chosen: dict[str, QueueState] = {}
     for queue in (*overdue, *sticky):

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from gateway.deps import AdminTenant, CurrentTenant, SessionDep, SettingsDep
+from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, SettingsDep
 from registry import adapters, routes
 from registry.adapter_check import validate_adapter
 from registry.models import Adapter, Tenant
@@ -67,7 +67,7 @@ def _owner_names(session: SessionDep) -> dict[int, str]:
 
 @router.post("", status_code=201, response_model=AdapterView)
 def register_adapter(
-    body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep
+    body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
 ) -> AdapterView:
     """Validate a PEFT LoRA against the base model, record a new version, route 100 % to it."""
     info = validate_adapter(body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes)
@@ -84,6 +84,7 @@ def register_adapter(
             owner=admin,
             public=body.public,
         )
+    publisher.announce_routes()
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=body.name)
         return _view(session, adapter, _owner_names(session), viewer=admin)
@@ -96,40 +97,47 @@ def list_adapters(tenant: CurrentTenant, session: SessionDep) -> list[AdapterVie
         return [_view(session, a, owners, viewer=tenant) for a in adapters.list_visible(session, tenant=tenant)]
 
 
-def _changed(session: SessionDep, admin: AdminTenant, name: str, change: Callable[[Adapter], object]) -> AdapterView:
-    """Apply one route change in one transaction and return the adapter as it is now."""
+def _changed(
+    session: SessionDep, admin: AdminTenant, publisher: PublisherDep, name: str, change: Callable[[Adapter], object]
+) -> AdapterView:
+    """Apply one route change in one transaction, tell the workers, return the adapter as it is now."""
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=name)
         change(adapter)
+    publisher.announce_routes()
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=name)
         return _view(session, adapter, _owner_names(session), viewer=admin)
 
 
 @router.put("/{name}/route", response_model=AdapterView)
-def set_route(name: str, body: RouteSet, admin: AdminTenant, session: SessionDep) -> AdapterView:
+def set_route(
+    name: str, body: RouteSet, admin: AdminTenant, session: SessionDep, publisher: PublisherDep
+) -> AdapterView:
     """Split traffic over versions (weights sum to 100), optionally shadowing a fraction onto another."""
     spec = routes.RouteSpec(
         weights=body.weights,
         shadow_version=body.shadow.version if body.shadow else None,
         shadow_fraction=body.shadow.fraction if body.shadow else 0.0,
     )
-    return _changed(session, admin, name, lambda a: routes.set_route(session, a, spec, actor=admin.name))
+    return _changed(session, admin, publisher, name, lambda a: routes.set_route(session, a, spec, actor=admin.name))
 
 
 @router.post("/{name}/promote", response_model=AdapterView)
-def promote(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
+def promote(name: str, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
     """The canary (the newest version with traffic) takes 100 %."""
-    return _changed(session, admin, name, lambda a: routes.promote(session, a, actor=admin.name))
+    return _changed(session, admin, publisher, name, lambda a: routes.promote(session, a, actor=admin.name))
 
 
 @router.post("/{name}/rollback", response_model=AdapterView)
-def rollback(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
+def rollback(name: str, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
     """Undo the newest route change; the next job already follows the route before it."""
-    return _changed(session, admin, name, lambda a: routes.rollback(session, a, actor=admin.name))
+    return _changed(session, admin, publisher, name, lambda a: routes.rollback(session, a, actor=admin.name))
 
 
 @router.post("/{name}/versions/{version}/retire", response_model=AdapterView)
-def retire(name: str, version: int, admin: AdminTenant, session: SessionDep) -> AdapterView:
+def retire(name: str, version: int, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
     """Stop routing to a version that takes no traffic; running jobs finish."""
-    return _changed(session, admin, name, lambda a: routes.retire(session, a, version=version, actor=admin.name))
+    return _changed(
+        session, admin, publisher, name, lambda a: routes.retire(session, a, version=version, actor=admin.name)
+    )

@@ -37,3 +37,27 @@ def test_nothing_changes_while_no_queue_has_backlog() -> None:
 def test_resident_queues_stay_consumed_while_there_is_room() -> None:
     add, cancel = plan([q("b", 5)], resident={"a"}, consuming={"lora.a"}, config=CONFIG)
     assert (add, cancel) == (["lora.b"], [])
+
+
+def test_adapter_names_are_reread_at_once_when_the_route_epoch_moves() -> None:
+    from workers.queue_consumer import AdapterNames
+
+    reads: list[int] = []
+    beats: list[int] = []
+    epoch = [b"1"]
+    now = [0.0]
+    names = AdapterNames(
+        read=lambda: reads.append(1) or [f"a{len(reads)}"],  # type: ignore[func-returns-value]
+        epoch=lambda: epoch[0],
+        heartbeat=lambda: beats.append(1),  # type: ignore[arg-type,return-value]
+        interval=1.0,
+        clock=lambda: now[0],
+    )
+    assert names.current() == ["a1"] and len(beats) == 1  # first call: scheduled refresh
+    now[0] = 0.1
+    assert names.current() == ["a1"] and len(reads) == 1  # nothing changed: no registry read
+    epoch[0] = b"2"
+    now[0] = 0.2
+    assert names.current() == ["a2"] and len(beats) == 1  # a route change: read at once, no heartbeat
+    now[0] = 1.5
+    assert names.current() == ["a3"] and len(beats) == 2  # on schedule again

@@ -86,3 +86,10 @@ def test_sticky_swaps_less_than_fifo_on_zipf_arrivals_near_saturation() -> None:
     sticky = simulate(arrivals, policy="sticky", model=model)
     assert sticky.swaps < 0.6 * fifo.swaps
     assert max(sticky.waits) <= model.max_wait_s + 2 * (model.batch_s + model.slots * model.swap_s)
+
+
+def test_an_idle_worker_takes_a_shallow_queue_at_once() -> None:
+    """Nothing resident has backlog and nothing is overdue: swapping in a one-job queue delays nobody."""
+    full = StickyConfig(slots=2, max_wait_s=30)
+    assert choose_queues([q("new", 1, age=0.1)], resident={"a", "b"}, config=full) == ["new"]
+    assert choose_queues([q("new", 1, age=0.1), q("a", 3)], resident={"a", "b"}, config=full) == ["a"]
