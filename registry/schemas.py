@@ -200,6 +200,26 @@ class RouteSet(BaseModel):
     shadow: ShadowSpec | None = None
 
 
+class LatencyStats(BaseModel):
+    p50: float
+    p95: float
+    p99: float
+    samples: int  # recent finished jobs behind the percentiles
+
+
+class VersionStats(BaseModel):
+    """One version's record, for comparing a canary with what it replaces."""
+
+    version: int
+    status: str
+    jobs: dict[str, int]  # status -> count
+    error_rate: float  # failed / (succeeded + failed)
+    run_time_s: LatencyStats
+    queue_wait_s: LatencyStats
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class AdapterView(BaseModel):
     name: str
     object: str = "adapter"

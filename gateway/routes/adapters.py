@@ -14,7 +14,8 @@ from registry import adapters, routes
 from registry.adapter_check import validate_adapter
 from registry.models import Adapter, Tenant
 from registry.queues import queue_name
-from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView, RouteSet, ShadowSpec
+from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView, RouteSet, ShadowSpec, VersionStats
+from registry.stats import version_stats
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -108,6 +109,13 @@ def _changed(
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=name)
         return _view(session, adapter, _owner_names(session), viewer=admin)
+
+
+@router.get("/{name}/stats", response_model=list[VersionStats])
+def stats(name: str, tenant: CurrentTenant, session: SessionDep) -> list[VersionStats]:
+    """Per version: jobs by status, error rate, run time and queue wait percentiles, tokens."""
+    with session.begin():
+        return version_stats(session, adapters.get_visible(session, tenant=tenant, name=name))
 
 
 @router.put("/{name}/route", response_model=AdapterView)
