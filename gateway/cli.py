@@ -229,6 +229,40 @@ def routes_rollback(name: str) -> None:
     _run(lambda: _print_route(_client().call("POST", f"/v1/adapters/{name}/rollback")))
 
 
+@adapters_app.command("show")
+def adapters_show(name: str) -> None:
+    """NAME's versions: route weight, status, jobs, error rate, run-time percentiles."""
+
+    def go() -> None:
+        client = _client()
+        adapter = next((a for a in client.call("GET", "/v1/adapters") if a["name"] == name), None)
+        if adapter is None:
+            raise typer.BadParameter(f"no adapter {name!r} visible to this key")
+        stats = {s["version"]: s for s in client.call("GET", f"/v1/adapters/{name}/stats")}
+        shadow = adapter.get("shadow") or {}
+        table = Table("version", "status", "route", "jobs", "errors", "run p50/p95 s", "r", "sha256")
+        for v in adapter["versions"]:
+            st = stats.get(v["version"], {})
+            weight = adapter["routes"].get(str(v["version"]), 0)
+            route = f"{weight}%" + (
+                f" +shadow {shadow['fraction']:.0%}" if shadow.get("version") == v["version"] else ""
+            )
+            run = st.get("run_time_s", {})
+            table.add_row(
+                f"v{v['version']}",
+                v["status"],
+                route,
+                str(sum(st.get("jobs", {}).values())),
+                f"{st.get('error_rate', 0.0):.1%}",
+                f"{run.get('p50', 0):.3f}/{run.get('p95', 0):.3f}",
+                str(v["r"]),
+                v["sha256"][:12],
+            )
+        console.print(table)
+
+    _run(go)
+
+
 @adapters_app.command("retire")
 def adapters_retire(name: str, version: int) -> None:
     """Stop serving VERSION of NAME (it must take no traffic; running jobs finish)."""

@@ -70,6 +70,13 @@ def test_canary_promote_rollback_and_retire_from_the_cli(loraq_stack: RunningSta
     for args, printed in steps:
         done = loraq(loraq_stack, *args)
         assert done.returncode == 0 and done.stdout.strip() == printed, (args, done.stdout, done.stderr)
+    shown = loraq(loraq_stack, "adapters", "show", "canary")
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("│ v")]
+    assert [r.split("│")[1:4] for r in rows] == [
+        [" v1      ", " retired ", " 0%    "],
+        [" v2      ", " active  ", " 100%  "],
+    ]
     for args, code in [
         (("routes", "set", "canary", "v1=100"), "version_retired"),
         (("routes", "set", "canary", "v2=50"), "route_invalid"),
