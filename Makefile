@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e clean
+.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e bench-hot clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ model: install
 	$(PY) -m workers.demo_model.build
 
 # Benchmarks: run by hand, never by CI; each prints one JSON line per figure.
-bench: bench-sticky bench-engine bench-e2e
+bench: bench-sticky bench-engine bench-e2e bench-hot
 
 bench-sticky: install
 	$(PY) bench/sticky.py
@@ -43,6 +43,9 @@ bench-engine: install
 
 bench-e2e: install
 	$(PY) bench/e2e.py
+
+bench-hot: install
+	$(PY) bench/hot.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
