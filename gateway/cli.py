@@ -313,6 +313,17 @@ def keys_create(tenant: str) -> None:
     _run(go)
 
 
+@keys_app.command("revoke")
+def keys_revoke(prefix: str) -> None:
+    """Revoke a tenant key by its prefix (the first 10 characters); it stops working at once."""
+
+    def go() -> None:
+        body = _client().call("DELETE", f"/v1/admin/keys/{prefix}")
+        console.print(f"revoked {body['revoked']} key(s) starting with {body['prefix']}")
+
+    _run(go)
+
+
 def _print_job(job: dict[str, Any]) -> None:
     console.print_json(json.dumps(job))
 
