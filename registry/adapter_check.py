@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,9 +250,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int) -> AdapterInfo:
-    """Everything the registry needs to know, or :class:`InvalidAdapter` with a code."""
-    path = local_path(uri).resolve()
+def check_within_roots(path: Path, roots: Sequence[Path]) -> Path:
+    """``path`` with every symlink and ``..`` resolved, if it and the files it holds lie under a root.
+
+    Checked before anything is read, so a registration cannot probe or read
+    files elsewhere on the gateway's host, through ``../`` or a symlink.
+    """
+    resolved = path.resolve()
+    bases = [r.expanduser().resolve() for r in roots]
+    inside = [resolved, *((resolved / f).resolve() for f in (CONFIG_FILE, WEIGHTS_FILE))]
+    if not all(any(p.is_relative_to(b) for b in bases) for p in inside):
+        raise InvalidAdapter(
+            f"{path} is outside the adapter roots ({', '.join(str(b) for b in bases)}); put the adapter under one "
+            "of them, or add its directory to LORAQ_ADAPTER_ROOTS.",
+            code="adapter_uri_outside_roots",
+        )
+    return resolved
+
+
+def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int, roots: Sequence[Path] | None = None) -> AdapterInfo:
+    """Everything the registry needs to know, or :class:`InvalidAdapter` with a code.
+
+    With ``roots`` (the gateway always passes them), a path outside them is
+    refused before anything is read."""
+    path = local_path(uri)
+    path = check_within_roots(path, roots) if roots is not None else path.resolve()
     if not path.is_dir():
         raise InvalidAdapter(f"adapter directory {path} does not exist.", code="adapter_not_found")
     cfg = load_config(path)

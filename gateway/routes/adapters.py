@@ -71,7 +71,9 @@ def register_adapter(
     body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
 ) -> AdapterView:
     """Validate a PEFT LoRA against the base model, record a new version, route 100 % to it."""
-    info = validate_adapter(body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes)
+    info = validate_adapter(
+        body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes, roots=settings.roots()
+    )
     with session.begin():
         base = adapters.ensure_base_model(
             session, name=base_model_name(settings.base_model), path=str(settings.base_model)

@@ -49,7 +49,7 @@ def test_cli_errors_are_one_line_with_the_code(loraq_stack: RunningStack) -> Non
     assert "adapter_not_found" in done.stderr
     done = loraq(loraq_stack, "adapters", "add", "broken", "/nonexistent")
     assert done.returncode == 1
-    assert "adapter_not_found" in done.stderr
+    assert "adapter_uri_outside_roots" in done.stderr
 
 
 def test_canary_promote_rollback_and_retire_from_the_cli(loraq_stack: RunningStack) -> None:

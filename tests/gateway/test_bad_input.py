@@ -31,7 +31,13 @@ DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 def make_gateway(tmp_path: Path, redis_url: str, **limits: int) -> Iterator[TestClient]:
     db = DatabaseSettings(home=tmp_path)
     upgrade(db.url())
-    settings = GatewaySettings(admin_key=SecretStr(ADMIN), redis_url=redis_url, db=db, **limits)  # type: ignore[arg-type]
+    settings = GatewaySettings(
+        admin_key=SecretStr(ADMIN),
+        redis_url=redis_url,
+        db=db,
+        adapter_roots=[DEMO, tmp_path / "adapters"],
+        **limits,  # type: ignore[arg-type]
+    )
     redis.Redis.from_url(redis_url).flushdb()
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         resp = client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")})
@@ -112,7 +118,9 @@ def test_oversized_body_is_refused_before_parsing(gateway: TestClient) -> None:
 @pytest.mark.parametrize(
     ("uri", "code"),
     [
-        ("/nonexistent/adapter", "adapter_not_found"),
+        (str(DEMO / "adapters" / "nonexistent"), "adapter_not_found"),
+        ("/nonexistent/adapter", "adapter_uri_outside_roots"),
+        (str(DEMO / "adapters" / ".." / ".." / ".."), "adapter_uri_outside_roots"),
         (str(DEMO / "base"), "adapter_config_missing"),
         ("s3://bucket/adapter", "adapter_uri_unsupported"),
     ],
@@ -237,3 +245,29 @@ def test_a_finished_job_cannot_be_cancelled(gateway: TestClient) -> None:
     resp = gateway.delete(f"/v1/jobs/{job['id']}")
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "job_not_cancellable"
     assert gateway.get(f"/v1/jobs/{job['id']}").json()["result"]["text"] == "HELLO"
+
+
+def test_a_symlink_out_of_the_adapter_roots_is_refused_before_anything_is_read(
+    gateway: TestClient, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (outside / name).write_bytes((DEMO / "adapters" / "upper" / name).read_bytes())
+    roots = tmp_path / "adapters"
+    roots.mkdir()
+    (roots / "linked-dir").symlink_to(outside, target_is_directory=True)
+    mixed = roots / "linked-file"
+    mixed.mkdir()
+    (mixed / "adapter_config.json").write_bytes((outside / "adapter_config.json").read_bytes())
+    (mixed / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+    before = counts(gateway)
+    for path in (roots / "linked-dir", mixed):
+        resp = gateway.post("/v1/adapters", json={"name": "sneaky", "uri": str(path)})
+        assert (resp.status_code, resp.json()["error"]["code"]) == (400, "adapter_uri_outside_roots"), resp.text
+    assert counts(gateway) == before
+    ok = roots / "inside"
+    ok.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (ok / name).write_bytes((outside / name).read_bytes())
+    assert gateway.post("/v1/adapters", json={"name": "fine", "uri": str(ok)}).status_code == 201
