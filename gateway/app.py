@@ -11,7 +11,7 @@ from gateway import errors
 from gateway.body_limit import BodyLimit
 from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
-from gateway.routes import adapters, health, jobs, keys
+from gateway.routes import adapters, health, jobs, keys, tenants
 from gateway.settings import GatewaySettings
 from registry.db import engine_from_settings, session_factory
 
@@ -36,7 +36,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.publisher = Publisher(settings.redis_url)
     app.state.limits = ModelLimits.from_model_dir(settings.base_model)
     errors.install(app)
-    for router in (health.router, jobs.router, adapters.router, keys.router):
+    for router in (health.router, jobs.router, adapters.router, keys.router, tenants.router):
         app.include_router(router)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

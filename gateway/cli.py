@@ -32,12 +32,14 @@ adapters_app = typer.Typer(help="Register and list adapters.", no_args_is_help=T
 jobs_app = typer.Typer(help="Read jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Tenant API keys (admin).", no_args_is_help=True)
 db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants and their quotas (admin).", no_args_is_help=True)
 routes_app = typer.Typer(help="Canary weights, shadow traffic, promote and rollback (admin).", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(routes_app, name="routes")
+app.add_typer(tenants_app, name="tenants")
 console = Console()
 err = Console(stderr=True)
 
@@ -309,6 +311,28 @@ def keys_create(tenant: str) -> None:
     def go() -> None:
         body = _client().call("POST", "/v1/admin/keys", json={"tenant": tenant})
         console.print(body["key"])
+
+    _run(go)
+
+
+@tenants_app.command("set")
+def tenants_set(
+    name: str,
+    max_queued: Annotated[int | None, typer.Option(min=1, help="Jobs queued or running at once.")] = None,
+    max_tokens_per_day: Annotated[
+        int | None, typer.Option(min=1, help="Prompt + completion tokens per UTC day.")
+    ] = None,
+) -> None:
+    """Create tenant NAME if needed and set its quotas (an option left out means no limit)."""
+    body = {"max_queued_jobs": max_queued, "max_tokens_per_day": max_tokens_per_day}
+
+    def go() -> None:
+        t = _client().call("PUT", f"/v1/admin/tenants/{name}", json=body)
+        limits = [
+            f"{t['max_queued_jobs']} live jobs" if t["max_queued_jobs"] else "",
+            f"{t['max_tokens_per_day']} tokens/day" if t["max_tokens_per_day"] else "",
+        ]
+        console.print(f"{t['name']}: " + (", ".join(x for x in limits if x) or "no limits"))
 
     _run(go)
 

@@ -25,19 +25,26 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UNAVAILABLE: 503,
 }
 
 
-def error_response(status: int, code: str, message: str, kind: str, **extra: object) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, kind: str, *, retry_after_s: int | None = None, **extra: object
+) -> JSONResponse:
     body: dict[str, object] = {"code": code, "message": message, "type": kind, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": body}, status_code=status, headers=headers or None)
 
 
 async def _loraq_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LoraqError)
-    return error_response(STATUS[exc.kind], exc.code, exc.message, exc.kind.value)
+    return error_response(
+        STATUS[exc.kind], exc.code, exc.message, exc.kind.value, retry_after_s=getattr(exc, "retry_after_s", None)
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

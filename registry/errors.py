@@ -16,6 +16,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"  # 404
     CONFLICT = "conflict"  # 409
     TOO_LARGE = "too_large"  # 413
+    RATE_LIMITED = "rate_limited"  # 429, with Retry-After
     UNAVAILABLE = "unavailable"  # a dependency is down (503)
 
 
@@ -72,3 +73,14 @@ class TooLarge(LoraqError):
 class Unavailable(LoraqError):
     kind = ErrorKind.UNAVAILABLE
     code = "unavailable"
+
+
+class QuotaExceeded(LoraqError):
+    """A tenant over one of its quotas; ``retry_after_s`` is when trying again can succeed."""
+
+    kind = ErrorKind.RATE_LIMITED
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

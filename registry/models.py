@@ -80,6 +80,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no limit
+    max_tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, default=None)  # UTC day; None: no limit
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SettingsDep
 from gateway.limits import check_job
-from registry import adapters, jobs
+from registry import adapters, jobs, quotas
 from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -37,6 +37,11 @@ def submit_job(
     job_id = jobs.new_job_id()
     with session.begin():
         resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)
+        if (
+            body.idempotency_key is None
+            or jobs.find_idempotent(session, tenant=tenant, key=body.idempotency_key) is None
+        ):
+            quotas.enforce(session, tenant=tenant)  # a retry of an accepted job is never refused
         job = jobs.create_job(session, tenant=tenant, request=body, resolved=resolved, job_id=job_id)
         if job.id != job_id:  # idempotent retry: answer with the first job as it was routed
             version = jobs.version_number(session, job)

@@ -87,3 +87,10 @@ def test_canary_promote_rollback_and_retire_from_the_cli(loraq_stack: RunningSta
     key = loraq(loraq_stack, "keys", "create", "routes-tenant").stdout.strip()
     denied = loraq(loraq_stack, "routes", "promote", "canary", key=key)
     assert denied.returncode == 1 and "admin_required" in denied.stderr
+
+
+def test_tenant_quotas_from_the_cli(loraq_stack: RunningStack) -> None:
+    done = loraq(loraq_stack, "tenants", "set", "quota-tenant", "--max-queued", "3", "--max-tokens-per-day", "1000")
+    assert done.returncode == 0 and done.stdout.strip() == "quota-tenant: 3 live jobs, 1000 tokens/day", done.stderr
+    cleared = loraq(loraq_stack, "tenants", "set", "quota-tenant")
+    assert cleared.stdout.strip() == "quota-tenant: no limits"

@@ -20,3 +20,22 @@ def test_a_revoked_key_is_refused_at_once_and_revoking_twice_is_a_404(tmp_path: 
         assert (again.status_code, again.json()["error"]["code"]) == (404, "key_not_found")
         denied = client.delete(f"/v1/admin/keys/{created['prefix']}", headers=tenant)
         assert denied.status_code == 401
+
+
+def test_a_tenant_over_its_quota_gets_429_with_retry_after_and_a_retry_of_an_accepted_job_does_not(
+    tmp_path: Path, redis_url: str
+) -> None:
+    with make_gateway(tmp_path, redis_url) as client:
+        put = client.put("/v1/admin/tenants/acme", json={"max_queued_jobs": 2})
+        assert put.json() == {"name": "acme", "max_queued_jobs": 2, "max_tokens_per_day": None}
+        key = client.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
+        tenant = {"Authorization": f"Bearer {key}"}
+        job = {"adapter": "upper", "prompt": "hello", "max_tokens": 8}
+        for i in range(2):  # no worker runs here: both stay queued
+            assert client.post("/v1/jobs", json={**job, "idempotency_key": f"k{i}"}, headers=tenant).status_code == 202
+        over = client.post("/v1/jobs", json=job, headers=tenant)
+        assert (over.status_code, over.json()["error"]["code"]) == (429, "quota_exceeded")
+        assert over.headers["Retry-After"] == "5"
+        retry = client.post("/v1/jobs", json={**job, "idempotency_key": "k0"}, headers=tenant)
+        assert retry.status_code == 202  # the same job again, not a new one
+        assert client.post("/v1/jobs", json=job).status_code == 202  # the admin tenant has no quota
