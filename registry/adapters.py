@@ -14,7 +14,7 @@ from registry import routes
 from registry.adapter_check import AdapterInfo
 from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Route, Tenant, utcnow
-from registry.routing import choose_version
+from registry.routing import choose_version, in_shadow
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,17 @@ def resolve(session: Session, *, tenant: Tenant, name: str, routing_key: str) ->
         version.uri,
         version.sha256,
     )
+
+
+def resolve_shadow(session: Session, *, resolved: ResolvedAdapter, job_id: str) -> ResolvedAdapter | None:
+    """The shadow version this job also runs on, if its adapter has one and the job falls in its fraction."""
+    adapter = session.get(Adapter, resolved.adapter_id)
+    if adapter is None or adapter.shadow_version_id is None or not in_shadow(job_id, adapter.shadow_fraction):
+        return None
+    version = session.get(AdapterVersion, adapter.shadow_version_id)
+    if version is None or version.status != "active" or version.id == resolved.version_id:
+        return None
+    return ResolvedAdapter(adapter.id, adapter.name, version.id, version.version, version.uri, version.sha256)
 
 
 def list_visible(session: Session, *, tenant: Tenant) -> list[Adapter]:

@@ -39,11 +39,13 @@ def new_job_id() -> str:
 
 
 def tenant_jobs(tenant: Tenant) -> Select[Job, str, int]:
-    """The one place job reads are scoped to a tenant (admins see every job)."""
+    """The one place job reads are scoped to a tenant (admins see every job). Shadow jobs are
+    never returned: their results are compared in the adapter's stats only."""
     query = (
         select(Job, Adapter.name, AdapterVersion.version)
         .join(Adapter, Adapter.id == Job.adapter_id)
         .join(AdapterVersion, AdapterVersion.id == Job.version_id)
+        .where(Job.shadow_of.is_(None))
     )
     return query if tenant.is_admin else query.where(Job.tenant_id == tenant.id)
 
@@ -86,6 +88,23 @@ def create_job(
         if existing is None:
             raise
         return existing
+    return job
+
+
+def create_shadow(session: Session, *, primary: Job, resolved: ResolvedAdapter, job_id: str) -> Job:
+    """A copy of ``primary`` on the shadow version, at shadow priority, linked to it."""
+    job = Job(
+        id=job_id,
+        tenant_id=primary.tenant_id,
+        adapter_id=resolved.adapter_id,
+        version_id=resolved.version_id,
+        priority=int(Priority.SHADOW),
+        request=primary.request,
+        routing_key=primary.routing_key,
+        shadow_of=primary.id,
+    )
+    session.add(job)
+    session.flush()
     return job
 
 

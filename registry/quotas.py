@@ -56,7 +56,11 @@ def enforce(session: Session, *, tenant: Tenant, now: datetime | None = None) ->
             session.scalar(
                 select(func.count())
                 .select_from(Job)
-                .where(Job.tenant_id == tenant.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+                .where(
+                    Job.tenant_id == tenant.id,
+                    Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                    Job.shadow_of.is_(None),  # shadow copies are the operator's, not the tenant's
+                )
             )
             or 0
         )

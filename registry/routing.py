@@ -35,3 +35,8 @@ def choose_version(weights: Sequence[tuple[int, int]], key: str) -> int:
         if point < upto:
             return version_id
     return legs[-1][0]
+
+
+def in_shadow(job_id: str, fraction: float) -> bool:
+    """Whether this job is also run on the shadow version: a stable ``fraction`` of job ids."""
+    return fraction > 0 and bucket(f"shadow:{job_id}") < fraction * BUCKETS

@@ -218,6 +218,8 @@ class VersionStats(BaseModel):
     queue_wait_s: LatencyStats
     prompt_tokens: int
     completion_tokens: int
+    shadow_compared: int = 0  # finished shadow jobs on this version whose primary also succeeded
+    shadow_identical_share: float | None = None  # of those, the share whose text equals the primary's
 
 
 class AdapterView(BaseModel):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, aliased
 
 from registry.models import Adapter, AdapterVersion, Job
 from registry.schemas import JobStatus, LatencyStats, VersionStats
@@ -78,6 +78,27 @@ def version_stats(session: Session, adapter: Adapter) -> list[VersionStats]:
                 queue_wait_s=latency([w for _, w in recent if w is not None]),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
+                **shadow_agreement(session, v),
             )
         )
     return out
+
+
+def shadow_agreement(session: Session, version: AdapterVersion) -> dict[str, int | float | None]:
+    """How often this version, run as a shadow, answered exactly what the primary answered."""
+    primary = aliased(Job)
+    compared, identical = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((Job.text == primary.text, 1), else_=0)), 0))
+        .select_from(Job)
+        .join(primary, primary.id == Job.shadow_of)
+        .where(
+            Job.version_id == version.id,
+            Job.status == JobStatus.SUCCEEDED,
+            primary.status == JobStatus.SUCCEEDED,
+        )
+    ).one()
+    compared, identical = int(compared), int(identical or 0)
+    return {
+        "shadow_compared": compared,
+        "shadow_identical_share": round(identical / compared, 4) if compared else None,
+    }

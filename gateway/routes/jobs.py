@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from fastapi import APIRouter, Query
@@ -11,9 +12,12 @@ from fastapi.concurrency import run_in_threadpool
 from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SettingsDep
 from gateway.limits import check_job
 from registry import adapters, jobs, quotas
+from registry.adapters import ResolvedAdapter
+from registry.models import Job
 from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
@@ -52,6 +56,7 @@ def submit_job(
         with session.begin():
             jobs.discard_unpublished(session, job_id=job.id)
         raise
+    shadow_of(job, resolved, body, session=session, publisher=publisher)
     return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=resolved.version)
 
 
@@ -87,3 +92,21 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep, publishe
         view = jobs.cancel(session, tenant=tenant, job_id=job_id)
     publisher.signal_cancel(job_id)
     return view
+
+
+def shadow_of(
+    job: Job, resolved: ResolvedAdapter, body: JobCreate, *, session: SessionDep, publisher: PublisherDep
+) -> None:
+    """Also run a shadow copy on the route's shadow version, at the lowest priority, if this job
+    falls in its fraction. Best effort: the caller's job is accepted whatever happens here."""
+    with session.begin():
+        shadow = adapters.resolve_shadow(session, resolved=resolved, job_id=job.id)
+        if shadow is None:
+            return
+        copy = jobs.create_shadow(session, primary=job, resolved=shadow, job_id=jobs.new_job_id())
+    try:
+        publisher.publish(jobs.task_for(copy, shadow, body), priority=Priority.SHADOW)
+    except Exception:
+        log.warning("could not queue the shadow of job %s; it is dropped", job.id, exc_info=True)
+        with session.begin():
+            jobs.discard_unpublished(session, job_id=copy.id)

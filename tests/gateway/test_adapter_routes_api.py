@@ -33,3 +33,26 @@ def test_route_changes_need_admin_are_validated_and_tell_the_workers(tmp_path: P
         stats = client.get("/v1/adapters/upper/stats", headers={"Authorization": f"Bearer {key}"})
         assert stats.status_code == 200
         assert [(s["version"], s["jobs"]) for s in stats.json()] == [(1, {}), (2, {})]
+
+
+def test_a_shadowed_job_runs_twice_but_only_the_primary_is_ever_returned(tmp_path: Path, redis_url: str) -> None:
+    from sqlalchemy import select
+
+    from registry.models import Job
+
+    with make_gateway(tmp_path, redis_url) as client:
+        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")}).is_success
+        route = client.put(
+            "/v1/adapters/upper/route", json={"weights": {"2": 100}, "shadow": {"version": 1, "fraction": 1.0}}
+        )
+        assert route.json()["shadow"] == {"version": 1, "fraction": 1.0}
+        accepted = client.post("/v1/jobs", json={"adapter": "upper", "prompt": "shadow me", "max_tokens": 8}).json()
+        assert accepted["version"] == 2
+        with client.app.state.sessions() as s:  # type: ignore[attr-defined]
+            rows = {j.id: j for j in s.scalars(select(Job))}
+        [shadow] = [j for j in rows.values() if j.shadow_of == accepted["id"]]
+        assert (shadow.priority, shadow.request["prompt"]) == (9, "shadow me")
+        broker = redis.Redis.from_url(redis_url)
+        assert broker.llen("lora.upper") == 1 and sum(broker.llen(k) for k in broker.keys("lora.upper?*")) == 1
+        assert client.get(f"/v1/jobs/{shadow.id}").status_code == 404  # never returned, not even to the admin
+        assert client.get(f"/v1/jobs/{accepted['id']}").status_code == 200

@@ -62,3 +62,13 @@ def test_zero_weight_leg_is_never_chosen() -> None:
 def test_route_without_positive_weight_raises(legs: list[tuple[int, int]]) -> None:
     with pytest.raises(ValueError, match="positive weight"):
         choose_version(legs, "user-1")
+
+
+def test_the_shadow_fraction_is_honoured_and_stable_per_job() -> None:
+    from registry.routing import in_shadow
+
+    ids = [f"job-{i}" for i in range(10_000)]
+    share = sum(in_shadow(i, 0.05) for i in ids) / len(ids)
+    assert abs(share - 0.05) <= 0.01, share
+    assert [in_shadow(i, 0.05) for i in ids[:100]] == [in_shadow(i, 0.05) for i in ids[:100]]
+    assert not any(in_shadow(i, 0.0) for i in ids[:100]) and all(in_shadow(i, 1.0) for i in ids[:100])
