@@ -94,3 +94,13 @@ def test_tenant_quotas_from_the_cli(loraq_stack: RunningStack) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "quota-tenant: 3 live jobs, 1000 tokens/day", done.stderr
     cleared = loraq(loraq_stack, "tenants", "set", "quota-tenant")
     assert cleared.stdout.strip() == "quota-tenant: no limits"
+
+
+def test_a_new_version_is_served_by_the_running_worker_without_a_restart(loraq_stack: RunningStack) -> None:
+    demo = Path(__file__).resolve().parents[2] / "workers" / "demo_model" / "adapters"
+    for version, (skill, answer) in enumerate([("upper", "HELLO"), ("rot13", "uryyb")], start=1):
+        assert loraq(loraq_stack, "adapters", "add", "hot-version", str(demo / skill)).returncode == 0
+        done = loraq(loraq_stack, "submit", "hot-version", "hello", "--wait")
+        assert done.returncode == 0, done.stderr
+        job = json.loads(done.stdout)
+        assert (job["version"], job["status"], job["result"]["text"]) == (version, "succeeded", answer)
