@@ -150,15 +150,18 @@ def adapters_add(
     name: str,
     path: str,
     private: Annotated[bool, typer.Option(help="Only the owner tenant may use it.")] = False,
+    staged: Annotated[bool, typer.Option(help="Record it without traffic; `loraq routes set` activates it.")] = False,
 ) -> None:
     """Register a new version of NAME from a PEFT LoRA directory (admin)."""
     uri = path if "://" in path else str(Path(path).expanduser().resolve())
 
     def go() -> None:
-        body = _client().call("POST", "/v1/adapters", json={"name": name, "uri": uri, "public": not private})
+        payload = {"name": name, "uri": uri, "public": not private, "staged": staged}
+        body = _client().call("POST", "/v1/adapters", json=payload)
         latest = body["versions"][-1]
+        state = " staged, no traffic yet" if staged else ""
         console.print(
-            f"{body['name']} v{latest['version']} registered (r={latest['r']}, sha256 {latest['sha256'][:12]})"
+            f"{body['name']} v{latest['version']} registered{state} (r={latest['r']}, sha256 {latest['sha256'][:12]})"
         )
 
     _run(go)

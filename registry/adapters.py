@@ -55,8 +55,10 @@ def register_version(
     base: BaseModelRow,
     owner: Tenant,
     public: bool,
+    staged: bool = False,
 ) -> AdapterVersion:
-    """Add a version (creating the adapter on first use) and route 100 % to it.
+    """Add a version (creating the adapter on first use) and route 100 % to it, or, ``staged``,
+    only record it: a later route that names it activates it.
 
     Canary splits are set afterwards through the routes API; registering is
     the simple "this is now what serves" operation.
@@ -82,12 +84,14 @@ def register_version(
         r=info.r,
         alpha=info.alpha,
         target_modules=info.target_modules,
-        status="active",
+        status="staged" if staged else "active",
         created_by=owner.name,
-        activated_at=now,
+        activated_at=None if staged else now,
     )
     session.add(version)
     session.flush()
+    if staged:
+        return version
     shadow = routes.current(session, adapter)
     spec = routes.RouteSpec(
         weights={version.version: 100}, shadow_version=shadow.shadow_version, shadow_fraction=shadow.shadow_fraction

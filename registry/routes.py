@@ -70,6 +70,9 @@ def apply(session: Session, adapter: Adapter, spec: RouteSpec, *, action: str, a
     check_spec(spec)
     versions = _versions(session, adapter, {*spec.weights, *([spec.shadow_version] if spec.shadow_version else [])})
     now = utcnow()
+    for row in versions.values():
+        if row.status == "staged":  # routing traffic (or a shadow) to a staged version activates it
+            row.status, row.activated_at = "active", now
     session.execute(delete(Route).where(Route.adapter_id == adapter.id))
     for number, weight in sorted(spec.weights.items()):
         if weight > 0:

@@ -169,6 +169,10 @@ class AdapterCreate(BaseModel):
         max_length=4096,
         description="Local directory or file:// URI of a PEFT LoRA.",
     )
+    staged: bool = Field(
+        default=False,
+        description="Record the version without routing traffic to it; a route that names it activates it.",
+    )
     public: bool = Field(default=True, description="Public adapters are usable by every tenant.")
 
 

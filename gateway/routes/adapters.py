@@ -86,6 +86,7 @@ def register_adapter(
             base=base,
             owner=admin,
             public=body.public,
+            staged=body.staged,
         )
     publisher.announce_routes()
     with session.begin():

@@ -87,3 +87,26 @@ def test_a_retired_version_stops_being_routed_and_cannot_come_back(db: Session, 
     with pytest.raises(NotFound) as missing:
         routes.set_route(db, upper, RouteSpec(weights={7: 100}), actor="ops")
     assert missing.value.code == "version_not_found"
+
+
+def test_a_staged_version_takes_no_traffic_until_a_route_names_it(db: Session, world: World) -> None:
+    from registry.adapters import register_version
+    from tests.registry.test_adapters_and_jobs import fake_info
+
+    upper = adapter(db, world)  # v1, v2 (active, 100 %)
+    staged = register_version(
+        db,
+        name="upper",
+        uri="/srv/u3",
+        info=fake_info("upper", 3),
+        base=world.base,
+        owner=world.admin,
+        public=True,
+        staged=True,
+    )
+    assert (staged.version, staged.status, staged.activated_at) == (3, "staged", None)
+    assert routes.current(db, upper).weights == {2: 100}
+    assert set(shares(db, world, keys=300)) == {2}
+    routes.set_route(db, upper, RouteSpec(weights={2: 80, 3: 20}), actor="ops")
+    assert staged.status == "active" and staged.activated_at is not None
+    assert set(shares(db, world, keys=300)) == {2, 3}
