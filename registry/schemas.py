@@ -174,6 +174,11 @@ class AdapterCreate(BaseModel):
         description="Record the version without routing traffic to it; a route that names it activates it.",
     )
     public: bool = Field(default=True, description="Public adapters are usable by every tenant.")
+    owner: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="Tenant that owns the adapter (a private one is usable by it alone); default: the admin.",
+    )
 
 
 class AdapterVersionView(BaseModel):

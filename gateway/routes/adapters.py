@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, SettingsDep
-from registry import adapters, routes
+from registry import adapters, keys, routes
 from registry.adapter_check import validate_adapter
 from registry.models import Adapter, Tenant
 from registry.queues import queue_name
@@ -84,7 +84,7 @@ def register_adapter(
             uri=info.path.as_uri(),
             info=info,
             base=base,
-            owner=admin,
+            owner=keys.ensure_tenant(session, name=body.owner) if body.owner else admin,
             public=body.public,
             staged=body.staged,
         )
