@@ -318,6 +318,7 @@ def keys_create(tenant: str) -> None:
     _run(go)
 
 
+@tenants_app.command("create")
 @tenants_app.command("set")
 def tenants_set(
     name: str,

@@ -24,15 +24,18 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
     max_adapter_bytes: int = Field(default=1 << 30, ge=1, description="Largest adapter weights file.")
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest long-poll of GET /v1/jobs/{id}?wait=.")
-    adapter_roots: list[Path] | None = Field(
+    adapter_roots: list[str] | None = Field(
         default=None,
-        description="Directories adapters may be registered from (JSON list); default: the demo adapters "
-        "and $LORAQ_HOME/adapters.",
+        description="Directories, or store prefixes such as s3://bucket/adapters, adapters may be registered "
+        "from (JSON list); default: the demo adapters and $LORAQ_HOME/adapters.",
     )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
-    def roots(self) -> list[Path]:
+    def roots(self) -> list[str]:
         """Where registered adapters may live; nothing outside them is read."""
         if self.adapter_roots is not None:
             return self.adapter_roots
-        return [DEMO_BASE.parent / "adapters", self.db.home / "adapters"]
+        return [str(DEMO_BASE.parent / "adapters"), str(self.db.home / "adapters")]
+
+    def local_roots(self) -> list[Path]:
+        return [Path(r) for r in self.roots() if "://" not in r]

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, SettingsDep
+from gateway.remote import is_remote, validate_remote
 from registry import adapters, keys, routes
 from registry.adapter_check import validate_adapter
 from registry.models import Adapter, Tenant
@@ -71,9 +72,16 @@ def register_adapter(
     body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
 ) -> AdapterView:
     """Validate a PEFT LoRA against the base model, record a new version, route 100 % to it."""
-    info = validate_adapter(
-        body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes, roots=settings.roots()
-    )
+    if is_remote(body.uri):
+        info = validate_remote(
+            body.uri, roots=settings.roots(), base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes
+        )
+        uri = body.uri
+    else:
+        info = validate_adapter(
+            body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes, roots=settings.local_roots()
+        )
+        uri = info.path.as_uri()
     with session.begin():
         base = adapters.ensure_base_model(
             session, name=base_model_name(settings.base_model), path=str(settings.base_model)
@@ -81,7 +89,7 @@ def register_adapter(
         adapters.register_version(
             session,
             name=body.name,
-            uri=info.path.as_uri(),
+            uri=uri,
             info=info,
             base=base,
             owner=keys.ensure_tenant(session, name=body.owner) if body.owner else admin,

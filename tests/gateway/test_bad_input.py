@@ -28,14 +28,16 @@ DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 @contextmanager
-def make_gateway(tmp_path: Path, redis_url: str, **limits: int) -> Iterator[TestClient]:
+def make_gateway(
+    tmp_path: Path, redis_url: str, *, extra_roots: tuple[str, ...] = (), **limits: int
+) -> Iterator[TestClient]:
     db = DatabaseSettings(home=tmp_path)
     upgrade(db.url())
     settings = GatewaySettings(
         admin_key=SecretStr(ADMIN),
         redis_url=redis_url,
         db=db,
-        adapter_roots=[DEMO, tmp_path / "adapters"],
+        adapter_roots=[str(DEMO), str(tmp_path / "adapters"), *extra_roots],
         **limits,  # type: ignore[arg-type]
     )
     redis.Redis.from_url(redis_url).flushdb()
@@ -122,7 +124,7 @@ def test_oversized_body_is_refused_before_parsing(gateway: TestClient) -> None:
         ("/nonexistent/adapter", "adapter_uri_outside_roots"),
         (str(DEMO / "adapters" / ".." / ".." / ".."), "adapter_uri_outside_roots"),
         (str(DEMO / "base"), "adapter_config_missing"),
-        ("s3://bucket/adapter", "adapter_uri_unsupported"),
+        ("s3://bucket/adapter", "adapter_uri_outside_roots"),  # no store root configured
     ],
 )
 def test_adapter_that_is_not_a_peft_lora_of_this_base_is_refused(gateway: TestClient, uri: str, code: str) -> None:
