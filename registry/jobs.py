@@ -318,16 +318,10 @@ def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -
     ).all()
     return [
         (
-            TaskJob(
-                job_id=job.id,
-                adapter=name,
-                version_id=version.id,
-                version=version.version,
-                uri=version.uri,
-                sha256=version.sha256,
-                prompt=(request := JobCreate.model_validate(job.request)).prompt,
-                sampling=request.sampling(),
-                enqueued_at=job.created_at.timestamp(),
+            task_for(
+                job,
+                ResolvedAdapter(job.adapter_id, name, version.id, version.version, version.uri, version.sha256),
+                JobCreate.model_validate(job.request),
             ),
             job.priority,
         )

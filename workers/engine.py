@@ -423,11 +423,11 @@ class LoraEngine:
 
     def _append(self, rows: list[_Row], logits: torch.Tensor) -> None:
         tokens = choose_tokens(logits, [r.req.sampling for r in rows], [r.generator for r in rows])
-        now = time.monotonic()
         for r, t in zip(rows, tokens, strict=True):
             r.tokens.append(t)
-            if r.slot:
-                self.slots[r.slot - 1] = Slot(key=r.key, last_used=now)
+        now = time.monotonic()
+        for slot in {r.slot for r in rows if r.slot}:  # once per slot in use, not once per row
+            self.slots[slot - 1] = Slot(key=self.slots[slot - 1].key, last_used=now)
 
     def _retire(self, rows: list[_Row], kv: KVBatch) -> list[_Row]:
         """Hand finished rows their results and drop them from the KV cache; return the rows still running."""
@@ -445,7 +445,12 @@ class LoraEngine:
         if r.cancelled or len(r.tokens) >= r.cap or r.tokens[-1] in self.eos_ids:
             return True
         stops = r.req.sampling.stop
-        return bool(stops) and any(s in self._decode_text(r.tokens) for s in stops)
+        if not stops:
+            return False
+        # Only the tail can hold a stop string that just appeared: decode enough tokens for the
+        # longest one (each token is at least one byte, a character at most four), not the whole row.
+        tail = self._decode_text(r.tokens[-(4 * max(map(len, stops)) + 8) :])
+        return any(s in tail for s in stops)
 
     def _result(self, r: _Row) -> GenerationResult:
         return finish_row(
