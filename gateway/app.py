@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import errors
+from gateway.batch_supervisor import BatchSupervisor
 from gateway.body_limit import BodyLimit
 from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
-from gateway.routes import adapters, health, jobs, keys, tenants
+from gateway.routes import adapters, batches, files, health, jobs, keys, openai, tenants
 from gateway.settings import GatewaySettings
 from registry.db import engine_from_settings, session_factory
 
@@ -21,8 +22,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     engine = engine_from_settings(settings.db)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.batches.start()
         yield
+        app.state.batches.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -35,9 +38,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.sessions = session_factory(engine)
     app.state.publisher = Publisher(settings.redis_url)
     app.state.limits = ModelLimits.from_model_dir(settings.base_model)
+    app.state.batches = BatchSupervisor(
+        sessions=app.state.sessions, publisher=app.state.publisher, settings=settings, limits=app.state.limits
+    )
     errors.install(app)
-    for router in (health.router, jobs.router, adapters.router, keys.router, tenants.router):
-        app.include_router(router)
+    routers = (health, jobs, openai, files, batches, adapters, keys, tenants)
+    for module in routers:
+        app.include_router(module.router)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_paths=("/v1/files",),
+        max_upload_bytes=settings.max_file_bytes,
+    )
     return app

@@ -51,6 +51,7 @@ def get_publisher(request: Request) -> Publisher:
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 LimitsDep = Annotated[ModelLimits, Depends(get_limits)]

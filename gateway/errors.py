@@ -27,6 +27,8 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.JOB_FAILED: 502,
+    ErrorKind.TIMEOUT: 504,
 }
 
 

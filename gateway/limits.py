@@ -45,11 +45,12 @@ class ModelLimits:
 
 def check_job(body: JobCreate, *, limits: ModelLimits, max_prompt_chars: int, max_tokens_limit: int) -> None:
     """Refuse what settings or the model cannot take (the schema checked the rest)."""
-    if not body.prompt.strip():
+    text = body.prompt_text()
+    if not text.strip():
         raise InvalidRequest("prompt is empty; send the text to generate from.", code="prompt_empty")
-    if len(body.prompt) > max_prompt_chars:
+    if len(text) > max_prompt_chars:
         raise TooLarge(
-            f"prompt has {len(body.prompt)} characters; the limit is {max_prompt_chars} (LORAQ_MAX_PROMPT_CHARS).",
+            f"prompt has {len(text)} characters; the limit is {max_prompt_chars} (LORAQ_MAX_PROMPT_CHARS).",
             code="prompt_too_long",
         )
     ceiling = max_tokens_limit if limits.context is None else min(max_tokens_limit, limits.context - 1)
@@ -59,7 +60,7 @@ def check_job(body: JobCreate, *, limits: ModelLimits, max_prompt_chars: int, ma
             "(LORAQ_MAX_TOKENS_LIMIT and the model's context length).",
             code="max_tokens_out_of_range",
         )
-    used = limits.prompt_tokens(body.prompt)
+    used = limits.prompt_tokens(text)
     if limits.context is not None and used is not None and used + body.max_tokens > limits.context:
         raise InvalidRequest(
             f"prompt ({used} tokens) plus max_tokens ({body.max_tokens}) exceeds the model's context of "

@@ -11,7 +11,15 @@ import logging
 from celery import Celery
 
 from registry.errors import Unavailable
-from registry.queues import CANCEL_KEY, CANCEL_TTL_S, ROUTES_EPOCH_KEY, RUN_JOB_TASK, queue_name
+from registry.queues import (
+    CANCEL_KEY,
+    CANCEL_TTL_S,
+    CHUNK_JOBS_HEADER,
+    ROUTES_EPOCH_KEY,
+    RUN_CHUNK_TASK,
+    RUN_JOB_TASK,
+    queue_name,
+)
 from registry.schemas import Priority, TaskJob
 from workers.celery_app import make_celery
 
@@ -41,6 +49,28 @@ class Publisher:
         except Exception as exc:  # kombu raises many kinds: all mean "not queued"
             raise Unavailable(
                 "The job queue (Redis) is unavailable; the job was not accepted. Retry later.",
+                code="queue_unavailable",
+            ) from exc
+
+    def publish_chunk(self, chunk_id: str, tasks: list[TaskJob], *, priority: Priority) -> None:
+        """One message carrying several jobs of one adapter (bulk ingest): fewer messages, and a
+        worker that takes it keeps that adapter resident for all of them."""
+        adapters = {t.adapter for t in tasks}
+        if len(adapters) != 1:
+            raise ValueError(f"a chunk carries jobs of one adapter, not {sorted(adapters)}")
+        try:
+            self.app.send_task(
+                RUN_CHUNK_TASK,
+                args=[[t.model_dump(mode="json", exclude_defaults=True) for t in tasks]],
+                task_id=chunk_id,
+                queue=queue_name(tasks[0].adapter),
+                priority=int(priority),
+                headers={CHUNK_JOBS_HEADER: [t.job_id for t in tasks]},
+                retry=False,
+            )
+        except Exception as exc:
+            raise Unavailable(
+                "The job queue (Redis) is unavailable; the batch resumes publishing when it returns.",
                 code="queue_unavailable",
             ) from exc
 

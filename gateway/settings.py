@@ -24,6 +24,21 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
     max_adapter_bytes: int = Field(default=1 << 30, ge=1, description="Largest adapter weights file.")
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest long-poll of GET /v1/jobs/{id}?wait=.")
+    max_file_bytes: int = Field(default=512 << 20, ge=1024, description="Largest Batch API file upload.")
+    files_dir: Path | None = Field(default=None, description="Where Batch API files live; default $LORAQ_HOME/files.")
+    bulk_chunk_jobs: int = Field(
+        default=16, ge=1, le=256, description="Jobs of one adapter per queue message, for bulk files."
+    )
+    ingest_chunk_lines: int = Field(
+        default=2000, ge=1, le=100_000, description="Lines of a bulk file recorded per transaction."
+    )
+    batch_lease_s: float = Field(
+        default=30.0, gt=0, description="A gateway that stops renewing its ingest lease for this long is taken over."
+    )
+    batch_poll_s: float = Field(default=0.5, gt=0, description="How often batches are ingested, counted, finished.")
+    completion_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest wait of /v1/completions and /v1/chat/completions for the result."
+    )
     adapter_roots: list[str] | None = Field(
         default=None,
         description="Directories, or store prefixes such as s3://bucket/adapters, adapters may be registered "
@@ -36,6 +51,9 @@ class GatewaySettings(BaseSettings):
         if self.adapter_roots is not None:
             return self.adapter_roots
         return [str(DEMO_BASE.parent / "adapters"), str(self.db.home / "adapters")]
+
+    def files_path(self) -> Path:
+        return self.files_dir or self.db.home / "files"
 
     def local_roots(self) -> list[Path]:
         return [Path(r) for r in self.roots() if "://" not in r]

@@ -112,27 +112,47 @@ def get_visible(session: Session, *, tenant: Tenant, name: str) -> Adapter:
 
 def resolve(session: Session, *, tenant: Tenant, name: str, routing_key: str) -> ResolvedAdapter:
     """The version of adapter ``name`` that a job with ``routing_key`` runs on."""
-    adapter = get_visible(session, tenant=tenant, name=name)
-    legs = session.execute(
-        select(Route.version_id, Route.weight)
-        .join(AdapterVersion, AdapterVersion.id == Route.version_id)
-        .where(Route.adapter_id == adapter.id, AdapterVersion.status == "active")
-    ).all()
-    if not legs:
-        raise NotFound(
-            f"adapter {name!r} has no active version; register one.",
-            code="adapter_not_routable",
-        )
-    version = session.get(AdapterVersion, choose_version([(v, w) for v, w in legs], routing_key))
-    assert version is not None
-    return ResolvedAdapter(
-        adapter.id,
-        adapter.name,
-        version.id,
-        version.version,
-        version.uri,
-        version.sha256,
-    )
+    return Resolver(session, tenant=tenant)(name, routing_key)
+
+
+class Resolver:
+    """:func:`resolve` for many jobs: each adapter's route is read once (bulk ingest resolves
+    thousands of lines per transaction). Live for one transaction only: routes change."""
+
+    def __init__(self, session: Session, *, tenant: Tenant) -> None:
+        self._session = session
+        self._tenant = tenant
+        self._routes: dict[str, tuple[Adapter, list[tuple[AdapterVersion, int]]]] = {}
+        self._refused: dict[str, NotFound] = {}
+
+    def __call__(self, name: str, routing_key: str) -> ResolvedAdapter:
+        if name in self._refused:
+            raise self._refused[name]
+        entry = self._routes.get(name)
+        if entry is None:
+            try:
+                entry = self._routes[name] = self._load(name)
+            except NotFound as exc:
+                self._refused[name] = exc
+                raise
+        adapter, legs = entry
+        chosen = choose_version([(v.id, w) for v, w in legs], routing_key)
+        version = next(v for v, _ in legs if v.id == chosen)
+        return ResolvedAdapter(adapter.id, adapter.name, version.id, version.version, version.uri, version.sha256)
+
+    def _load(self, name: str) -> tuple[Adapter, list[tuple[AdapterVersion, int]]]:
+        adapter = get_visible(self._session, tenant=self._tenant, name=name)
+        legs = self._session.execute(
+            select(AdapterVersion, Route.weight)
+            .join(Route, AdapterVersion.id == Route.version_id)
+            .where(Route.adapter_id == adapter.id, AdapterVersion.status == "active", Route.weight > 0)
+        ).all()
+        if not legs:
+            raise NotFound(
+                f"adapter {name!r} has no active version; register one.",
+                code="adapter_not_routable",
+            )
+        return adapter, [(v, w) for v, w in legs]
 
 
 def resolve_shadow(session: Session, *, resolved: ResolvedAdapter, job_id: str) -> ResolvedAdapter | None:

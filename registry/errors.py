@@ -18,6 +18,8 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "too_large"  # 413
     RATE_LIMITED = "rate_limited"  # 429, with Retry-After
     UNAVAILABLE = "unavailable"  # a dependency is down (503)
+    JOB_FAILED = "job_failed"  # the job ran and failed on a worker (502)
+    TIMEOUT = "timeout"  # the job did not end in time; it still runs (504)
 
 
 class LoraqError(Exception):
@@ -84,3 +86,15 @@ class QuotaExceeded(LoraqError):
     def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+
+
+class JobFailed(LoraqError):
+    """A synchronous request whose job failed on a worker; ``code`` is the job's error code."""
+
+    kind = ErrorKind.JOB_FAILED
+    code = "job_failed"
+
+
+class JobTimeout(LoraqError):
+    kind = ErrorKind.TIMEOUT
+    code = "completion_timeout"

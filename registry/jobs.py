@@ -123,6 +123,7 @@ def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate) -> TaskJob
         uri=resolved.uri,
         sha256=resolved.sha256,
         prompt=request.prompt,
+        messages=request.messages,
         sampling=request.sampling(),
         enqueued_at=job.created_at.timestamp(),
     )

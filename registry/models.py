@@ -176,6 +176,7 @@ class BatchRow(Base):
     """A bulk file's run, in the OpenAI Batch API's terms."""
 
     __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_status", "status"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     endpoint: Mapped[str] = mapped_column(String(64))
@@ -187,7 +188,14 @@ class BatchRow(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
-    ingested_lines: Mapped[int] = mapped_column(Integer, default=0)
+    ingested_lines: Mapped[int] = mapped_column(Integer, default=0)  # lines of the input file read so far
+    ingest_offset: Mapped[int] = mapped_column(BigInteger, default=0)  # byte offset of the next line to read
+    ingest_done: Mapped[bool] = mapped_column(Boolean, default=False)  # the whole file is read
+    published_lines: Mapped[int] = mapped_column(Integer, default=0)  # lines whose jobs are surely published
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)  # the gateway ingesting it
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # batch-level errors (OpenAI's shape)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     in_progress_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -197,6 +205,19 @@ class BatchRow(Base):
     expired_at: Mapped[datetime | None] = mapped_column(default=None)
     cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
     cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BatchLineError(Base):
+    """A line of a bulk file that was refused at ingest; it goes to the batch's error file."""
+
+    __tablename__ = "batch_line_errors"
+    __table_args__ = (UniqueConstraint("batch_id", "line_no"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    line_no: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    code: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
 
 
 class Job(Base):
@@ -211,6 +232,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ux_jobs_batch_custom_id", "batch_id", "custom_id", unique=True),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
@@ -223,6 +245,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(256), default=None)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), default=None, index=True)
     shadow_of: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    custom_id: Mapped[str | None] = mapped_column(String(512), default=None)  # a bulk line's custom_id
+    line_no: Mapped[int | None] = mapped_column(Integer, default=None)  # its line in the input file, from 0
     text: Mapped[str | None] = mapped_column(Text, default=None)
     finish_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)

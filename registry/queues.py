@@ -8,6 +8,8 @@ from __future__ import annotations
 
 QUEUE_PREFIX = "lora."  # queue of adapter NAME is "lora.NAME"
 RUN_JOB_TASK = "loraq.run_job"  # the task that runs one job; its task id is the job id
+RUN_CHUNK_TASK = "loraq.run_chunk"  # up to K jobs of one adapter from a bulk file; task id = chunk id
+CHUNK_JOBS_HEADER = "loraq_jobs"  # message header of a chunk: its job ids (the reconciler reads it)
 CANCEL_KEY = "loraq:cancel:{job_id}"  # set by the gateway when a job is cancelled; workers stop its row
 CANCEL_TTL_S = 24 * 3600
 ROUTES_EPOCH_KEY = "loraq:routes:epoch"  # bumped on every adapter or route change; workers re-read at once

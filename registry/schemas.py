@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 AdapterName = Annotated[
@@ -77,11 +77,45 @@ class SamplingParams(BaseModel):
         return value
 
 
+class TextPart(BaseModel):
+    """One part of a message's content in OpenAI's list form; only text is served."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat turn; list-of-parts content is joined into one string at validation."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = Field(max_length=1 << 20)
+    name: str | None = Field(default=None, max_length=64)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_parts(cls, value: object) -> object:
+        if isinstance(value, list):
+            parts = [TextPart.model_validate(p) for p in value]
+            return "".join(p.text for p in parts)
+        return "" if value is None else value
+
+    @field_validator("content")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
+
+
 class JobCreate(SamplingParams):
-    """Body of ``POST /v1/jobs``."""
+    """Body of ``POST /v1/jobs``: a ``prompt``, or chat ``messages`` that the worker renders with the
+    base model's chat template."""
 
     adapter: AdapterName
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(default="", description="Text to continue; give this or messages.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, max_length=256, description="Chat turns, rendered with the chat template."
+    )
     routing_key: str | None = Field(
         default=None,
         max_length=256,
@@ -100,8 +134,20 @@ class JobCreate(SamplingParams):
             raise ValueError("must not contain NUL (\\x00) characters")
         return value
 
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> JobCreate:
+        if (self.messages is None) == (not self.prompt):
+            raise ValueError("give either prompt (text) or messages (chat), not both and not neither")
+        return self
+
     def sampling(self) -> SamplingParams:
         return SamplingParams.model_validate(self.model_dump(include=set(SamplingParams.model_fields)))
+
+    def prompt_text(self) -> str:
+        """Every character the prompt will carry, for limits (the template adds a few more)."""
+        if self.messages is None:
+            return self.prompt
+        return "\n".join(m.content for m in self.messages)
 
 
 class TaskJob(BaseModel):
@@ -114,6 +160,7 @@ class TaskJob(BaseModel):
     uri: str
     sha256: str
     prompt: str
+    messages: list[ChatMessage] | None = None  # chat: the worker renders them into the prompt
     sampling: SamplingParams
     enqueued_at: float  # epoch seconds, for queue wait
 

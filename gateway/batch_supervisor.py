@@ -1,0 +1,91 @@
+"""The gateway's batch loop: ingest new batches, count progress, end finished ones.
+
+One thread per gateway process. Several gateways may run it at once: ingest
+is guarded by a lease and by the read offset (``registry.batches``), and a
+batch is finished under a row lock by whoever gets there first. A gateway
+that restarts picks up where any other left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.batch_ingest import Ingester
+from gateway.limits import ModelLimits
+from gateway.publisher import Publisher
+from gateway.settings import GatewaySettings
+from registry import batches
+from registry.batch_output import finalize
+from registry.models import BatchRow, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class BatchSupervisor:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        publisher: Publisher,
+        settings: GatewaySettings,
+        limits: ModelLimits,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.owner = f"gw-{secrets.token_hex(6)}"
+        self.ingester = Ingester(
+            sessions=sessions, publisher=publisher, settings=settings, limits=limits, owner=self.owner
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loraq-batches", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A batch was created: start on it now rather than at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a database or Redis outage: log, and try again next poll
+                log.warning("batch pass failed; retrying in %.1fs", self.settings.batch_poll_s, exc_info=True)
+            self._wake.wait(self.settings.batch_poll_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One pass over every unfinished batch."""
+        with self.sessions() as session:
+            ingest = batches.to_ingest(session)
+        for batch_id in ingest:
+            if self._stop.is_set():
+                return
+            self.ingester.run(batch_id)
+        with self.sessions() as session:
+            watch = batches.to_watch(session)
+        for batch_id in watch:
+            self.settle(batch_id)
+
+    def settle(self, batch_id: str) -> None:
+        """Update the batch's counts; once its file is read and no job is live, write its files and end it."""
+        with self.sessions() as session, session.begin():
+            batch = session.get(BatchRow, batch_id, with_for_update=True, populate_existing=True)
+            if batch is None or batch.status not in batches.DRAINING:
+                return
+            seen = batches.record_progress(session, batch=batch, now=utcnow())
+            if not batch.ingest_done or seen.live:
+                return
+            finalize(session, batch=batch, files_dir=self.settings.files_path(), max_bytes=self.settings.max_file_bytes)
+            log.info("batch %s %s: %d completed, %d failed", batch_id, batch.status, batch.completed, batch.failed)

@@ -1,0 +1,96 @@
+"""Accepting one job, and waiting for it: shared by ``/v1/jobs`` and the OpenAI endpoints.
+
+A job is recorded, then published; one whose message cannot be published is
+removed again and the caller gets 503: nothing is accepted that is not both
+recorded and queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.limits import ModelLimits, check_job
+from gateway.publisher import Publisher
+from gateway.settings import GatewaySettings
+from registry import adapters, jobs, quotas
+from registry.adapters import ResolvedAdapter
+from registry.models import Job, Tenant
+from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    body: JobCreate,
+    *,
+    tenant: Tenant,
+    session: Session,
+    settings: GatewaySettings,
+    publisher: Publisher,
+    limits: ModelLimits,
+) -> JobAccepted:
+    check_job(
+        body,
+        limits=limits,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_tokens_limit=settings.max_tokens_limit,
+    )
+    job_id = jobs.new_job_id()
+    with session.begin():
+        resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)
+        if (
+            body.idempotency_key is None
+            or jobs.find_idempotent(session, tenant=tenant, key=body.idempotency_key) is None
+        ):
+            quotas.enforce(session, tenant=tenant)  # a retry of an accepted job is never refused
+        job = jobs.create_job(session, tenant=tenant, request=body, resolved=resolved, job_id=job_id)
+        if job.id != job_id:  # idempotent retry: answer with the first job as it was routed
+            version = jobs.version_number(session, job)
+            return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=version)
+    try:
+        publisher.publish(jobs.task_for(job, resolved, body), priority=Priority.INTERACTIVE)
+    except Exception:
+        with session.begin():
+            jobs.discard_unpublished(session, job_id=job.id)
+        raise
+    shadow_of(job, resolved, body, session=session, publisher=publisher)
+    return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=resolved.version)
+
+
+def shadow_of(job: Job, resolved: ResolvedAdapter, body: JobCreate, *, session: Session, publisher: Publisher) -> None:
+    """Also run a shadow copy on the route's shadow version, at the lowest priority, if this job
+    falls in its fraction. Best effort: the caller's job is accepted whatever happens here."""
+    with session.begin():
+        shadow = adapters.resolve_shadow(session, resolved=resolved, job_id=job.id)
+        if shadow is None:
+            return
+        copy = jobs.create_shadow(session, primary=job, resolved=shadow, job_id=jobs.new_job_id())
+    try:
+        publisher.publish(jobs.task_for(copy, shadow, body), priority=Priority.SHADOW)
+    except Exception:
+        log.warning("could not queue the shadow of job %s; it is dropped", job.id, exc_info=True)
+        with session.begin():
+            jobs.discard_unpublished(session, job_id=copy.id)
+
+
+def read_view(sessions: sessionmaker[Session], tenant: Tenant, job_id: str) -> JobView:
+    with sessions() as session:
+        return jobs.get_view(session, tenant=tenant, job_id=job_id)
+
+
+async def wait_for(sessions: sessionmaker[Session], *, tenant: Tenant, job_id: str, timeout_s: float) -> JobView:
+    """The job once it ends, or as it is when ``timeout_s`` runs out (polling the registry,
+    backing off from 50 ms to 500 ms)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        view = await run_in_threadpool(read_view, sessions, tenant, job_id)
+        if view.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
