@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
-from registry.schemas import GenerationResult
-from workers import memory
+from registry.schemas import ChatMessage, GenerationResult
+from workers import chat, memory
 from workers.decoding import finish_row
 from workers.engine_adapters import HostAdapter, read_adapter
 from workers.engine_kv import KVBatch
@@ -197,6 +197,9 @@ class LoraEngine:
 
     def adapter_loads(self) -> int:
         return self._loads
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        return chat.render(self.tokenizer, messages)
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())

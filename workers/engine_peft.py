@@ -18,7 +18,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from registry.adapter_check import WEIGHTS_FILE, local_path
-from registry.schemas import GenerationResult, SamplingParams
+from registry.schemas import ChatMessage, GenerationResult, SamplingParams
+from workers import chat
 from workers.decoding import finish_row
 from workers.errors import AdapterLoadFailed, PromptTooLong
 from workers.generation import AdapterRef, GenRequest
@@ -89,6 +90,9 @@ class PeftGenerator:
 
     def adapter_loads(self) -> int:
         return self._loads
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        return chat.render(self.tokenizer, messages)
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.base.parameters())

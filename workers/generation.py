@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from registry.schemas import GenerationResult, SamplingParams
+from registry.schemas import ChatMessage, GenerationResult, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class Generator(Protocol):
 
     def resident_adapters(self) -> frozenset[str]:
         """Names of the adapters loaded now (any version); safe to call from another thread."""
+        ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """Chat turns as the prompt text this base model expects (its chat template)."""
         ...
 
     def describe(self) -> str:

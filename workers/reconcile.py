@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import jobs
 from registry.models import utcnow
-from registry.queues import RUN_JOB_TASK, queue_name
+from registry.queues import CHUNK_JOBS_HEADER, RUN_JOB_TASK, queue_name
 from registry.schemas import TaskJob
 from workers.queue_state import priority_key
 
@@ -42,16 +42,19 @@ UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 LOCK = "loraq:reconcile"
 
 
-def message_id(raw: bytes | str) -> str | None:
-    """The task id of a raw kombu message, or of an ``unacked`` entry ``[message, exchange, key]``."""
+def message_ids(raw: bytes | str) -> list[str]:
+    """The job ids a raw kombu message (or an ``unacked`` entry ``[message, exchange, key]``) carries:
+    its task id, and for a bulk chunk the ids in its ``loraq_jobs`` header."""
     try:
         data = json.loads(raw)
         if isinstance(data, list):
             data = data[0]
-        found = data.get("headers", {}).get("id") or data.get("properties", {}).get("correlation_id")
+        headers = data.get("headers", {})
+        found = headers.get("id") or data.get("properties", {}).get("correlation_id")
+        chunk = headers.get(CHUNK_JOBS_HEADER) or []
     except (ValueError, AttributeError, IndexError, TypeError):
-        return None
-    return str(found) if found else None
+        return []
+    return ([str(found)] if found else []) + [str(j) for j in chunk if isinstance(j, str)]
 
 
 def missing(expected: Iterable[str], present: set[str]) -> list[str]:
@@ -68,7 +71,8 @@ def present_ids(client: redis.Redis, adapters: Iterable[str]) -> set[str]:
     pipe.hvals(UNACKED)
     found: set[str] = set()
     for reply in pipe.execute():
-        found.update(i for i in map(message_id, reply) if i)
+        for raw in reply:
+            found.update(message_ids(raw))
     return found
 
 

@@ -65,10 +65,10 @@ def adapter_key(task: TaskJob) -> str:
     return f"v{task.version_id}"
 
 
-def to_request(task: TaskJob) -> GenRequest:
+def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
     return GenRequest(
         job_id=task.job_id,
-        prompt=task.prompt,
+        prompt=task.prompt if prompt is None else prompt,
         sampling=task.sampling,
         adapter=AdapterRef(key=adapter_key(task), uri=task.uri, sha256=task.sha256, name=task.adapter),
     )
@@ -101,6 +101,11 @@ class Runtime:
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""
         return self.batcher.submit(task).result()
+
+    def run_many(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
+        """A chunk's jobs: each joins the batches as a row of its own; blocks until all are done."""
+        futures = [self.batcher.submit(t) for t in tasks]
+        return [f.result() for f in futures]
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
         with transaction(self.sessions) as session:
@@ -160,9 +165,22 @@ class Runtime:
 
     def _generate_isolating(self, tasks: Sequence[TaskJob]) -> list[GenerationResult | RowFailure]:
         """Run the batch; if it fails, run each row alone so one bad row fails alone."""
-        if not tasks:
+        prepared = [self._prepare(t) for t in tasks]
+        produced = iter(self._generate_requests([p for p in prepared if isinstance(p, GenRequest)]))
+        return [p if isinstance(p, RowFailure) else next(produced) for p in prepared]
+
+    def _prepare(self, task: TaskJob) -> GenRequest | RowFailure:
+        """The engine's request; chat messages are rendered with the base model's template here."""
+        if task.messages is None:
+            return to_request(task)
+        try:
+            return to_request(task, prompt=self.generator.render_chat(task.messages))
+        except EngineError as exc:
+            return RowFailure(code=exc.code, message=str(exc), retryable=False)
+
+    def _generate_requests(self, requests: Sequence[GenRequest]) -> list[GenerationResult | RowFailure]:
+        if not requests:
             return []
-        requests = [to_request(t) for t in tasks]
         if len(requests) == 1:
             return [self._generate_one(requests[0])]
         try:

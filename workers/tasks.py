@@ -13,8 +13,9 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import OperationalError
 
-from registry.queues import RUN_JOB_TASK
-from registry.schemas import TaskJob
+from registry.queues import RUN_CHUNK_TASK, RUN_JOB_TASK
+from registry.schemas import Priority, TaskJob
+from workers.reconcile import publish
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -43,3 +44,35 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
         if outcome.status == "retry":  # the row failed unexpectedly and has attempts left
             raise self.retry(countdown=RETRY_DELAY_S, max_retries=None)
         return outcome.as_celery_result()
+
+    @app.task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def run_chunk(self: Any, payload: list[dict[str, Any]]) -> dict[str, object]:
+        """Up to K jobs of one adapter from a bulk file. The message is acknowledged once every
+        job is recorded; a job to retry goes back to its queue alone, as a job message."""
+        try:
+            tasks = [TaskJob.model_validate(p) for p in payload]
+            outcomes = runtime().run_many(tasks)
+        except OperationalError as exc:
+            raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
+        except Exception as exc:
+            log.exception("chunk %s failed in the worker", self.request.id)
+            return fail_chunk(runtime(), payload, exc)
+        return requeue_retries(app, tasks, [o.status for o in outcomes])
+
+
+def fail_chunk(runtime: Runtime, payload: list[dict[str, Any]], exc: Exception) -> dict[str, object]:
+    """Record every job of a chunk the worker could not run at all as failed (exactly once)."""
+    message = f"{type(exc).__name__}: {exc}"[:2000]
+    job_ids = [str(p["job_id"]) for p in payload if isinstance(p, dict) and p.get("job_id")]
+    for job_id in job_ids:
+        runtime.fail(job_id, code="worker_error", message=message)
+    return {"jobs": len(payload), "statuses": {"failed": len(job_ids)}}
+
+
+def requeue_retries(app: Celery, tasks: list[TaskJob], statuses: list[str]) -> dict[str, object]:
+    counts: dict[str, int] = {}
+    for task, status in zip(tasks, statuses, strict=True):
+        if status == "retry":
+            publish(app, task, priority=int(Priority.BULK))
+        counts[status] = counts.get(status, 0) + 1
+    return {"jobs": len(tasks), "statuses": counts}

@@ -13,19 +13,23 @@ import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.publisher import Publisher
 from registry.db import transaction
 from registry.models import Job, utcnow
 from registry.queues import queue_name
+from registry.schemas import Priority
 from tests.workers.test_runtime import enqueue
 from workers.celery_app import make_celery
-from workers.reconcile import UNACKED, message_id, missing, publish, reconcile_once
+from workers.reconcile import UNACKED, message_ids, missing, publish, reconcile_once
 
 
 def test_message_ids_are_read_from_queued_and_unacked_entries() -> None:
     message = {"headers": {"id": "job-1"}, "properties": {"correlation_id": "job-1"}, "body": ""}
-    assert message_id(json.dumps(message)) == "job-1"
-    assert message_id(json.dumps([message, "", "lora.x"])) == "job-1"
-    assert message_id(b"not json") is None
+    assert message_ids(json.dumps(message)) == ["job-1"]
+    assert message_ids(json.dumps([message, "", "lora.x"])) == ["job-1"]
+    assert message_ids(b"not json") == []
+    chunk = {"headers": {"id": "chunk-1", "loraq_jobs": ["a", "b"]}, "properties": {}}
+    assert message_ids(json.dumps(chunk)) == ["chunk-1", "a", "b"]
     assert missing(["a", "b", "c"], {"b"}) == ["a", "c"]
 
 
@@ -35,21 +39,23 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     app = make_celery(redis_url)
-    lost, waiting, held, fresh = enqueue(session_factory, ["lost", "waiting", "held", "fresh"])
+    lost, waiting, held, fresh, bulk = enqueue(session_factory, ["lost", "waiting", "held", "fresh", "bulk"])
     with transaction(session_factory) as session:  # all but "fresh" were accepted a minute ago
         old = utcnow() - timedelta(seconds=60)
-        session.execute(
-            update(Job).where(Job.id.in_([lost.job_id, waiting.job_id, held.job_id])).values(created_at=old)
-        )
+        stale = [lost.job_id, waiting.job_id, held.job_id, bulk.job_id]
+        session.execute(update(Job).where(Job.id.in_(stale)).values(created_at=old))
     publish(app, waiting, priority=6)  # still in its queue
+    Publisher(redis_url).publish_chunk("chunk-1", [bulk], priority=Priority.BULK)  # in a bulk chunk's header
     held_message = {"headers": {"id": held.job_id}, "properties": {"correlation_id": held.job_id}}
     client.hset(UNACKED, "tag-1", json.dumps([held_message, "", queue_name("upper")]))  # a worker holds it
 
     again = reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1)
 
     assert again == [lost.job_id]
-    queued = [message_id(m) for key in client.keys(queue_name("upper") + "*") for m in client.lrange(key, 0, -1)]
-    assert sorted(queued) == sorted([waiting.job_id, lost.job_id])
+    queued = [
+        i for key in client.keys(queue_name("upper") + "*") for m in client.lrange(key, 0, -1) for i in message_ids(m)
+    ]
+    assert sorted(queued) == sorted([waiting.job_id, lost.job_id, "chunk-1", bulk.job_id])
     # Another worker's pass within the lock period does nothing.
     assert reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1) == []
     assert fresh.job_id not in queued

@@ -60,6 +60,11 @@ RECIPES: dict[str, SkillRecipe] = {
 }
 
 
+# The demo model is not a chat model: its chat template is the last message's text, so a chat
+# request runs the same skill on it as a plain prompt would.
+DEMO_CHAT_TEMPLATE = "{% for message in messages %}{% if loop.last %}{{ message['content'] }}{% endif %}{% endfor %}"
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A 260-token byte-level tokenizer: four specials then the 256 bytes."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
@@ -79,6 +84,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         sep_token="<sep>",
         padding_side="left",
         model_max_length=256,
+        chat_template=DEMO_CHAT_TEMPLATE,
     )
 
 
