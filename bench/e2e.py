@@ -82,8 +82,16 @@ def emit(figure: str, value: float, **extra: object) -> None:
 class Pipeline:
     """Redis, registry, gateway, and the workers of one run, in a temporary home."""
 
-    def __init__(self, home: Path, redis_url: str, adapters: list[str]) -> None:
-        self.db_url = f"sqlite:///{home / 'loraq.db'}"
+    def __init__(
+        self,
+        home: Path,
+        redis_url: str,
+        adapters: list[str],
+        db_url: str | None = None,
+        gateway_env: dict[str, str] | None = None,
+        gateway_workers: int = 1,
+    ) -> None:
+        self.db_url = db_url or f"sqlite:///{home / 'loraq.db'}"
         upgrade(self.db_url)
         self.redis_url = redis_url
         self.stack = Stack(
@@ -97,7 +105,10 @@ class Pipeline:
         self.engine = make_engine(self.db_url)
         self.sessions = session_factory(self.engine)
         gateway = ["-m", "uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
-        self.stack.spawn("gateway", [sys.executable, *gateway, "--port", str(self.stack.config.port)])
+        gateway += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []
+        self.stack.spawn(
+            "gateway", [sys.executable, *gateway, "--port", str(self.stack.config.port)], extra_env=gateway_env
+        )
         wait_ready(self.stack.url, timeout=60, stack=self.stack)
         self.headers = {"Authorization": f"Bearer {self.stack.admin_key}"}
         with httpx.Client(base_url=self.stack.url, headers=self.headers, timeout=30) as http:

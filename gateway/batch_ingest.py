@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +27,7 @@ from registry.adapters import ResolvedAdapter, Resolver
 from registry.batch_lines import BatchLine, LineError, parse_line
 from registry.errors import LoraqError
 from registry.models import BatchRow, FileRow, Tenant
-from registry.schemas import Priority, TaskJob
+from registry.schemas import Priority
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ def read_lines(f: BinaryIO, *, offset: int, line_no: int, limit: int) -> _Read:
     return read
 
 
-def chunks_of(tasks: Sequence[TaskJob], size: int) -> Iterator[list[TaskJob]]:
-    """Messages of up to ``size`` jobs, each of one adapter, in first-seen order."""
-    by_adapter: dict[str, list[TaskJob]] = {}
+def chunks_of(tasks: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Messages of up to ``size`` jobs (TaskJob payloads), each of one adapter, in first-seen order."""
+    by_adapter: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
-        by_adapter.setdefault(task.adapter, []).append(task)
+        by_adapter.setdefault(task["adapter"], []).append(task)
     for group in by_adapter.values():
         it = iter(group)
         while batch := list(islice(it, size)):
@@ -101,28 +102,43 @@ class Ingester:
         if gap:
             log.info("batch %s: publishing %d jobs recorded before a restart", batch_id, len(gap))
             self._publish(batch_id, gap, upto_line=line_no)
-        with files.path_of(source).open("rb") as f:
+        # One chunk's publish runs on its own thread while the next chunk is parsed and recorded;
+        # chunks are published in order, so published_lines only ever covers published lines.
+        with files.path_of(source).open("rb") as f, ThreadPoolExecutor(1, thread_name_prefix="loraq-publish") as out:
+            pending: Future[None] | None = None
             while True:
                 read = read_lines(f, offset=offset, line_no=line_no, limit=self.settings.ingest_chunk_lines)
-                parsed = [self._parse(raw, n, endpoint, seen) for n, raw in read.raw]
+                parsed = self._parse_all(read.raw, batch_id, endpoint, seen)
                 try:
                     tasks = self._commit(batch_id, read, parsed)
                 except batches.LeaseLost:
                     log.info("batch %s: ingest stopped (cancelled or taken over)", batch_id)
                     return
-                self._publish(batch_id, tasks, upto_line=read.end_line)
+                if pending is not None:
+                    pending.result()  # a failed publish stops the ingest here; the next pass resends
+                pending = out.submit(self._publish, batch_id, tasks, upto_line=read.end_line)
                 if read.eof:
+                    pending.result()
                     log.info("batch %s: input read to its end (%d lines)", batch_id, read.end_line)
                     return
                 offset, line_no = read.end_offset, read.end_line
 
-    def _parse(self, raw: bytes, line_no: int, endpoint: str, seen: set[str]) -> BatchLine | LineError:
-        line = parse_line(raw, line_no=line_no, endpoint=endpoint)
+    def _parse_all(
+        self, raw: list[tuple[int, bytes]], batch_id: str, endpoint: str, seen: set[str]
+    ) -> list[BatchLine | LineError]:
+        parsed = [self._parse(line, n, batch_id, endpoint, seen) for n, line in raw]
+        return [self._check(p) if isinstance(p, BatchLine) else p for p in parsed]
+
+    def _parse(self, raw: bytes, line_no: int, batch_id: str, endpoint: str, seen: set[str]) -> BatchLine | LineError:
+        line = parse_line(raw, batch_id=batch_id, line_no=line_no, endpoint=endpoint)
         if isinstance(line, LineError):
             return line
         if line.custom_id in seen:
             return LineError(line_no, line.custom_id, "duplicate_custom_id", "custom_id repeats an earlier line's.")
         seen.add(line.custom_id)
+        return line
+
+    def _check(self, line: BatchLine) -> BatchLine | LineError:
         try:
             check_job(
                 line.job,
@@ -131,10 +147,10 @@ class Ingester:
                 max_tokens_limit=self.settings.max_tokens_limit,
             )
         except LoraqError as exc:
-            return LineError(line_no, line.custom_id, exc.code, exc.message)
+            return LineError(line.line_no, line.custom_id, exc.code, exc.message)
         return line
 
-    def _commit(self, batch_id: str, read: _Read, parsed: list[BatchLine | LineError]) -> list[TaskJob]:
+    def _commit(self, batch_id: str, read: _Read, parsed: list[BatchLine | LineError]) -> list[dict[str, Any]]:
         with self.sessions() as session, session.begin():
             batch = session.get(BatchRow, batch_id)
             tenant = session.get(Tenant, batch.tenant_id) if batch is not None else None
@@ -145,7 +161,7 @@ class Ingester:
             errors = [p for p in parsed if isinstance(p, LineError)]
             for p in parsed:
                 if isinstance(p, BatchLine):
-                    key = p.job.routing_key or batches.job_id_for(batch_id, p.line_no)
+                    key = p.job.routing_key or p.job_id
                     try:
                         lines.append((p, resolve(p.job.adapter, key)))
                     except LoraqError as exc:
@@ -162,9 +178,9 @@ class Ingester:
                 session, batch=batch, owner=self.owner, lease_s=self.settings.batch_lease_s, chunk=chunk
             )
 
-    def _publish(self, batch_id: str, tasks: Sequence[TaskJob], *, upto_line: int) -> None:
+    def _publish(self, batch_id: str, tasks: Sequence[dict[str, Any]], *, upto_line: int) -> None:
         """Publish, then note it. A failure leaves the gap for the next pass (the jobs are recorded)."""
-        for chunk in chunks_of(tasks, self.settings.bulk_chunk_jobs):
-            self.publisher.publish_chunk(f"chunk-{chunk[0].job_id}", chunk, priority=Priority.BULK)
+        chunks = [(f"chunk-{c[0]['job_id']}", c) for c in chunks_of(tasks, self.settings.bulk_chunk_jobs)]
+        self.publisher.publish_chunks(chunks, priority=Priority.BULK)
         with self.sessions() as session, session.begin():
             batches.mark_published(session, batch_id=batch_id, upto_line=upto_line)

@@ -65,6 +65,8 @@ def submit(
 def shadow_of(job: Job, resolved: ResolvedAdapter, body: JobCreate, *, session: Session, publisher: Publisher) -> None:
     """Also run a shadow copy on the route's shadow version, at the lowest priority, if this job
     falls in its fraction. Best effort: the caller's job is accepted whatever happens here."""
+    if not resolved.has_shadow:
+        return
     with session.begin():
         shadow = adapters.resolve_shadow(session, resolved=resolved, job_id=job.id)
         if shadow is None:

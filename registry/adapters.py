@@ -27,6 +27,7 @@ class ResolvedAdapter:
     version: int
     uri: str
     sha256: str
+    has_shadow: bool = False  # the adapter's route names a shadow version (checked per job)
 
 
 def visible_to(tenant: Tenant) -> Select[Adapter]:
@@ -122,25 +123,25 @@ class Resolver:
     def __init__(self, session: Session, *, tenant: Tenant) -> None:
         self._session = session
         self._tenant = tenant
-        self._routes: dict[str, tuple[Adapter, list[tuple[AdapterVersion, int]]]] = {}
+        self._routes: dict[str, list[tuple[int, ResolvedAdapter]]] = {}  # name -> its (weight, version) legs
         self._refused: dict[str, NotFound] = {}
 
     def __call__(self, name: str, routing_key: str) -> ResolvedAdapter:
         if name in self._refused:
             raise self._refused[name]
-        entry = self._routes.get(name)
-        if entry is None:
+        legs = self._routes.get(name)
+        if legs is None:
             try:
-                entry = self._routes[name] = self._load(name)
+                legs = self._routes[name] = self._load(name)
             except NotFound as exc:
                 self._refused[name] = exc
                 raise
-        adapter, legs = entry
-        chosen = choose_version([(v.id, w) for v, w in legs], routing_key)
-        version = next(v for v, _ in legs if v.id == chosen)
-        return ResolvedAdapter(adapter.id, adapter.name, version.id, version.version, version.uri, version.sha256)
+        if len(legs) == 1:  # no canary: every key gets the one version, no hashing
+            return legs[0][1]
+        chosen = choose_version([(r.version_id, w) for w, r in legs], routing_key)
+        return next(r for _, r in legs if r.version_id == chosen)
 
-    def _load(self, name: str) -> tuple[Adapter, list[tuple[AdapterVersion, int]]]:
+    def _load(self, name: str) -> list[tuple[int, ResolvedAdapter]]:
         adapter = get_visible(self._session, tenant=self._tenant, name=name)
         legs = self._session.execute(
             select(AdapterVersion, Route.weight)
@@ -152,7 +153,11 @@ class Resolver:
                 f"adapter {name!r} has no active version; register one.",
                 code="adapter_not_routable",
             )
-        return adapter, [(v, w) for v, w in legs]
+        shadow = adapter.shadow_version_id is not None
+        return [
+            (w, ResolvedAdapter(adapter.id, adapter.name, v.id, v.version, v.uri, v.sha256, has_shadow=shadow))
+            for v, w in legs
+        ]
 
 
 def resolve_shadow(session: Session, *, resolved: ResolvedAdapter, job_id: str) -> ResolvedAdapter | None:

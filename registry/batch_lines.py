@@ -26,6 +26,7 @@ class BatchLine:
     line_no: int
     custom_id: str
     job: JobCreate
+    job_id: str  # derived from the batch id and the line number
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,12 @@ class LineError:
     message: str
 
 
-def parse_line(raw: bytes, *, line_no: int, endpoint: str) -> BatchLine | LineError:
+def job_id_for(batch_id: str, line_no: int) -> str:
+    """Deterministic, so a line ingested twice would collide instead of running twice."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"loraq:{batch_id}:{line_no}"))
+
+
+def parse_line(raw: bytes, *, batch_id: str, line_no: int, endpoint: str) -> BatchLine | LineError:
     """Validate one input line against the batch's endpoint (``model`` is the adapter name)."""
     try:
         data = orjson.loads(raw)
@@ -58,7 +64,7 @@ def parse_line(raw: bytes, *, line_no: int, endpoint: str) -> BatchLine | LineEr
         return LineError(line_no, custom_id, "invalid_request", f"body.{where}: {first['msg']}")
     except LoraqError as exc:
         return LineError(line_no, custom_id, exc.code, exc.message)
-    return BatchLine(line_no, custom_id, job)
+    return BatchLine(line_no, custom_id, job, job_id_for(batch_id, line_no))
 
 
 def _envelope_problem(data: dict[str, Any], endpoint: str) -> tuple[str, str] | None:

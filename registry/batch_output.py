@@ -103,7 +103,7 @@ def _errors(session: Session, batch: BatchRow, *, unrun_code: str) -> Iterator[b
 
 def _error_of(batch: BatchRow, line_no: int, item: Job | BatchLineError, *, unrun_code: str) -> bytes:
     if isinstance(item, BatchLineError):
-        line_id = batch_lines.request_id(batches.job_id_for(batch.id, line_no))
+        line_id = batch_lines.request_id(batch_lines.job_id_for(batch.id, line_no))
         return error_line(line_id=line_id, custom_id=item.custom_id, code=item.code, message=item.message)
     if item.status == JobStatus.CANCELLED.value:
         message = (

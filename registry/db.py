@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,7 +18,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     SQLite: WAL so readers (the gateway) never block the writer (workers),
     and a busy timeout so concurrent writers wait instead of failing.
+    JSON columns go through orjson (bulk ingest writes one request per row).
     """
+    kwargs.setdefault("json_serializer", _json_dumps)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
@@ -41,6 +44,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # A short connect timeout: an unreachable database must give a fast 503, not a hung request.
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **kwargs)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def engine_from_settings(settings: DatabaseSettings) -> Engine:

@@ -45,7 +45,9 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
         stale = [lost.job_id, waiting.job_id, held.job_id, bulk.job_id]
         session.execute(update(Job).where(Job.id.in_(stale)).values(created_at=old))
     publish(app, waiting, priority=6)  # still in its queue
-    Publisher(redis_url).publish_chunk("chunk-1", [bulk], priority=Priority.BULK)  # in a bulk chunk's header
+    Publisher(redis_url).publish_chunks(
+        [("chunk-1", [bulk.model_dump(mode="json")])], priority=Priority.BULK
+    )  # in a bulk chunk's header
     held_message = {"headers": {"id": held.job_id}, "properties": {"correlation_id": held.job_id}}
     client.hset(UNACKED, "tag-1", json.dumps([held_message, "", queue_name("upper")]))  # a worker holds it
 
