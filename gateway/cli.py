@@ -10,21 +10,19 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from gateway import cli_batches
 from gateway import stack as stack_mod
+from gateway.cli_client import Client, ClientSettings, client, console, err, run
 from registry.adapter_check import file_sha256
-from registry.settings import DatabaseSettings, default_home
+from registry.settings import DatabaseSettings
 from workers.demo_model.skills import SKILLS, expected, random_text
 
 app = typer.Typer(help="loraq: many LoRA adapters over one base model, as queued batch work.", no_args_is_help=True)
@@ -40,8 +38,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(routes_app, name="routes")
 app.add_typer(tenants_app, name="tenants")
-console = Console()
-err = Console(stderr=True)
+app.add_typer(cli_batches.app, name="batches")
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "workers" / "demo_model"
 DEMO_PHRASES = [
@@ -54,62 +51,6 @@ DEMO_PHRASES = [
     "Sticky workers swap rarely",
     "every output checked",
 ]
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI finds the gateway and which key it uses."""
-
-    model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
-
-    url: str = Field(default="http://127.0.0.1:8000", description="Gateway base URL for CLI commands.")
-    api_key: SecretStr | None = Field(default=None, description="Key the CLI sends; else the admin key.")
-    admin_key: SecretStr | None = None
-    home: Path = Field(default_factory=default_home)
-
-    def key(self) -> str | None:
-        for secret in (self.api_key, self.admin_key):
-            if secret is not None:
-                return secret.get_secret_value()
-        stored = self.home / "admin.key"
-        return stored.read_text().strip() if stored.exists() else None
-
-
-class Client:
-    """A thin HTTP client that turns the gateway's JSON errors into CLI messages."""
-
-    def __init__(self, url: str, key: str | None) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30, read=90))
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the gateway at {self.http.base_url}: {exc}. Is `loraq up` running?") from exc
-        if resp.status_code >= 400:
-            try:
-                error = resp.json()["error"]
-                raise CliError(f"{error['code']}: {error['message']}")
-            except (ValueError, KeyError, TypeError):
-                raise CliError(f"HTTP {resp.status_code}: {resp.text[:200]}") from None
-        return resp.json()
-
-
-class CliError(Exception):
-    pass
-
-
-def _client() -> Client:
-    settings = ClientSettings()
-    return Client(settings.url, settings.key())
-
-
-def _run(fn: Callable[[], None]) -> None:
-    try:
-        fn()
-    except CliError as exc:
-        err.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -157,14 +98,14 @@ def adapters_add(
 
     def go() -> None:
         payload = {"name": name, "uri": uri, "public": not private, "staged": staged}
-        body = _client().call("POST", "/v1/adapters", json=payload)
+        body = client().call("POST", "/v1/adapters", json=payload)
         latest = body["versions"][-1]
         state = " staged, no traffic yet" if staged else ""
         console.print(
             f"{body['name']} v{latest['version']} registered{state} (r={latest['r']}, sha256 {latest['sha256'][:12]})"
         )
 
-    _run(go)
+    run(go)
 
 
 @adapters_app.command("list")
@@ -173,12 +114,12 @@ def adapters_list() -> None:
 
     def go() -> None:
         table = Table("name", "queue", "routes", "versions", "public")
-        for a in _client().call("GET", "/v1/adapters"):
+        for a in client().call("GET", "/v1/adapters"):
             routes = ", ".join(f"v{v}={w}%" for v, w in a["routes"].items())
             table.add_row(a["name"], a["queue"], routes, str(len(a["versions"])), "yes" if a["public"] else "no")
         console.print(table)
 
-    _run(go)
+    run(go)
 
 
 def _print_route(body: dict[str, Any]) -> None:
@@ -219,19 +160,19 @@ def routes_set(
 ) -> None:
     """Split NAME's traffic over its versions."""
     body = {"weights": parse_weights(legs), "shadow": parse_shadow(shadow) if shadow else None}
-    _run(lambda: _print_route(_client().call("PUT", f"/v1/adapters/{name}/route", json=body)))
+    run(lambda: _print_route(client().call("PUT", f"/v1/adapters/{name}/route", json=body)))
 
 
 @routes_app.command("promote")
 def routes_promote(name: str) -> None:
     """The canary (the newest version with traffic) takes 100 %."""
-    _run(lambda: _print_route(_client().call("POST", f"/v1/adapters/{name}/promote")))
+    run(lambda: _print_route(client().call("POST", f"/v1/adapters/{name}/promote")))
 
 
 @routes_app.command("rollback")
 def routes_rollback(name: str) -> None:
     """Undo the newest route change of NAME."""
-    _run(lambda: _print_route(_client().call("POST", f"/v1/adapters/{name}/rollback")))
+    run(lambda: _print_route(client().call("POST", f"/v1/adapters/{name}/rollback")))
 
 
 @adapters_app.command("show")
@@ -239,11 +180,11 @@ def adapters_show(name: str) -> None:
     """NAME's versions: route weight, status, jobs, error rate, run-time percentiles."""
 
     def go() -> None:
-        client = _client()
-        adapter = next((a for a in client.call("GET", "/v1/adapters") if a["name"] == name), None)
+        http = client()
+        adapter = next((a for a in http.call("GET", "/v1/adapters") if a["name"] == name), None)
         if adapter is None:
             raise typer.BadParameter(f"no adapter {name!r} visible to this key")
-        stats = {s["version"]: s for s in client.call("GET", f"/v1/adapters/{name}/stats")}
+        stats = {s["version"]: s for s in http.call("GET", f"/v1/adapters/{name}/stats")}
         shadow = adapter.get("shadow") or {}
         table = Table("version", "status", "route", "jobs", "errors", "run p50/p95 s", "r", "sha256")
         for v in adapter["versions"]:
@@ -252,20 +193,20 @@ def adapters_show(name: str) -> None:
             route = f"{weight}%" + (
                 f" +shadow {shadow['fraction']:.0%}" if shadow.get("version") == v["version"] else ""
             )
-            run = st.get("run_time_s", {})
+            timing = st.get("run_time_s", {})
             table.add_row(
                 f"v{v['version']}",
                 v["status"],
                 route,
                 str(sum(st.get("jobs", {}).values())),
                 f"{st.get('error_rate', 0.0):.1%}",
-                f"{run.get('p50', 0):.3f}/{run.get('p95', 0):.3f}",
+                f"{timing.get('p50', 0):.3f}/{timing.get('p95', 0):.3f}",
                 str(v["r"]),
                 v["sha256"][:12],
             )
         console.print(table)
 
-    _run(go)
+    run(go)
 
 
 @adapters_app.command("retire")
@@ -273,10 +214,10 @@ def adapters_retire(name: str, version: int) -> None:
     """Stop serving VERSION of NAME (it must take no traffic; running jobs finish)."""
 
     def go() -> None:
-        _client().call("POST", f"/v1/adapters/{name}/versions/{version}/retire")
+        client().call("POST", f"/v1/adapters/{name}/versions/{version}/retire")
         console.print(f"{name} v{version} retired")
 
-    _run(go)
+    run(go)
 
 
 @app.command()
@@ -290,21 +231,21 @@ def submit(
     """Submit one job; prints its id (or its result with --wait)."""
 
     def go() -> None:
-        client = _client()
+        http = client()
         body = {"adapter": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
-        job = client.call("POST", "/v1/jobs", json=body)
+        job = http.call("POST", "/v1/jobs", json=body)
         if not wait:
             console.print(job["id"])
             return
-        _print_job(_wait_job(client, job["id"], timeout=300))
+        _print_job(_wait_job(http, job["id"], timeout=300))
 
-    _run(go)
+    run(go)
 
 
 @jobs_app.command("get")
 def jobs_get(job_id: str, wait: Annotated[float, typer.Option(help="Seconds to wait for it to end.")] = 0.0) -> None:
     """Show a job as JSON."""
-    _run(lambda: _print_job(_client().call("GET", f"/v1/jobs/{job_id}", params={"wait": wait})))
+    run(lambda: _print_job(client().call("GET", f"/v1/jobs/{job_id}", params={"wait": wait})))
 
 
 @keys_app.command("create")
@@ -312,10 +253,10 @@ def keys_create(tenant: str) -> None:
     """Create TENANT if needed and print a new API key for it (shown once)."""
 
     def go() -> None:
-        body = _client().call("POST", "/v1/admin/keys", json={"tenant": tenant})
+        body = client().call("POST", "/v1/admin/keys", json={"tenant": tenant})
         console.print(body["key"])
 
-    _run(go)
+    run(go)
 
 
 @tenants_app.command("create")
@@ -331,14 +272,14 @@ def tenants_set(
     body = {"max_queued_jobs": max_queued, "max_tokens_per_day": max_tokens_per_day}
 
     def go() -> None:
-        t = _client().call("PUT", f"/v1/admin/tenants/{name}", json=body)
+        t = client().call("PUT", f"/v1/admin/tenants/{name}", json=body)
         limits = [
             f"{t['max_queued_jobs']} live jobs" if t["max_queued_jobs"] else "",
             f"{t['max_tokens_per_day']} tokens/day" if t["max_tokens_per_day"] else "",
         ]
         console.print(f"{t['name']}: " + (", ".join(x for x in limits if x) or "no limits"))
 
-    _run(go)
+    run(go)
 
 
 @keys_app.command("revoke")
@@ -346,10 +287,10 @@ def keys_revoke(prefix: str) -> None:
     """Revoke a tenant key by its prefix (the first 10 characters); it stops working at once."""
 
     def go() -> None:
-        body = _client().call("DELETE", f"/v1/admin/keys/{prefix}")
+        body = client().call("DELETE", f"/v1/admin/keys/{prefix}")
         console.print(f"revoked {body['revoked']} key(s) starting with {body['prefix']}")
 
-    _run(go)
+    run(go)
 
 
 def _print_job(job: dict[str, Any]) -> None:
@@ -413,7 +354,7 @@ def demo(count: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs to sub
     settings = ClientSettings()
     try:
         if httpx.get(f"{settings.url}/healthz", timeout=1).status_code == 200:
-            _run(lambda: _exit_on(run_demo(Client(settings.url, settings.key()), count)))
+            run(lambda: _exit_on(run_demo(Client(settings.url, settings.key()), count)))
             return
     except httpx.HTTPError:
         pass

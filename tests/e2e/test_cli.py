@@ -104,3 +104,30 @@ def test_a_new_version_is_served_by_the_running_worker_without_a_restart(loraq_s
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)
         assert (job["version"], job["status"], job["result"]["text"]) == (version, "succeeded", answer)
+
+
+def test_batches_submit_waits_with_progress_and_downloads_both_files(loraq_stack: RunningStack, tmp_path: Path) -> None:
+    assert loraq(loraq_stack, "demo", "--count", "4").returncode == 0  # skills registered
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": skill, "prompt": "Hello World", "max_tokens": 32, "temperature": 0},
+        }
+        for i, skill in enumerate(["upper", "rot13", "no-such-adapter"])
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    done = loraq(loraq_stack, "batches", "submit", str(source), "--wait", "--download", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed: 2 completed, 1 failed of 3" in done.stdout
+    batch_id = done.stdout.split()[0]
+    outputs = [json.loads(x) for x in (tmp_path / "out" / f"{batch_id}_output.jsonl").read_text().splitlines()]
+    texts = {o["custom_id"]: o["response"]["body"]["choices"][0]["text"] for o in outputs}
+    assert texts == {"r0": "HELLO WORLD", "r1": "Uryyb Jbeyq"}
+    errors = [json.loads(x) for x in (tmp_path / "out" / f"{batch_id}_error.jsonl").read_text().splitlines()]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("r2", "adapter_not_found")]
+    assert batch_id in loraq(loraq_stack, "batches", "list").stdout
+    assert json.loads(loraq(loraq_stack, "batches", "get", batch_id).stdout)["status"] == "completed"
+    assert "batch_not_cancellable" in loraq(loraq_stack, "batches", "cancel", batch_id).stderr
