@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e bench-hot clean
+.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ model: install
 	$(PY) -m workers.demo_model.build
 
 # Benchmarks: run by hand, never by CI; each prints one JSON line per figure.
-bench: bench-sticky bench-engine bench-e2e bench-hot
+bench: bench-sticky bench-engine bench-e2e bench-hot bench-ingest
 
 bench-sticky: install
 	$(PY) bench/sticky.py
@@ -46,6 +46,9 @@ bench-e2e: install
 
 bench-hot: install
 	$(PY) bench/hot.py
+
+bench-ingest: install
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
