@@ -19,11 +19,12 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import base_model
 from gateway.limits import ModelLimits, check_job
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import batches, files
-from registry.adapters import ResolvedAdapter, Resolver
+from registry.adapters import BASE_ADAPTER, ResolvedAdapter, Resolver
 from registry.batch_lines import BatchLine, LineError, parse_line
 from registry.errors import LoraqError
 from registry.models import BatchRow, FileRow, Tenant
@@ -87,6 +88,7 @@ class Ingester:
         self.settings = settings
         self.limits = limits
         self.owner = owner
+        self.aliases = base_model.aliases(settings)
 
     def run(self, batch_id: str) -> None:
         """Ingest one batch to its end, or until another gateway or a cancel takes it away."""
@@ -130,7 +132,7 @@ class Ingester:
         return [self._check(p) if isinstance(p, BatchLine) else p for p in parsed]
 
     def _parse(self, raw: bytes, line_no: int, batch_id: str, endpoint: str, seen: set[str]) -> BatchLine | LineError:
-        line = parse_line(raw, batch_id=batch_id, line_no=line_no, endpoint=endpoint)
+        line = parse_line(raw, batch_id=batch_id, line_no=line_no, endpoint=endpoint, aliases=self.aliases)
         if isinstance(line, LineError):
             return line
         if line.custom_id in seen:
@@ -156,6 +158,8 @@ class Ingester:
             tenant = session.get(Tenant, batch.tenant_id) if batch is not None else None
             if batch is None or tenant is None:
                 raise batches.LeaseLost(batch_id)
+            if any(isinstance(p, BatchLine) and p.job.adapter == BASE_ADAPTER for p in parsed):
+                base_model.ensure(session, settings=self.settings)
             resolve = Resolver(session, tenant=tenant)
             lines: list[tuple[BatchLine, ResolvedAdapter]] = []
             errors = [p for p in parsed if isinstance(p, LineError)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -51,6 +52,15 @@ class GatewaySettings(BaseSettings):
         if self.adapter_roots is not None:
             return self.adapter_roots
         return [str(DEMO_BASE.parent / "adapters"), str(self.db.home / "adapters")]
+
+    def base_model_name(self) -> str:
+        """The base's recorded name (``_name_or_path`` in its config.json), else its directory name;
+        OpenAI requests may name it as ``model`` to run without an adapter."""
+        try:
+            name = json.loads((self.base_model / "config.json").read_text()).get("_name_or_path")
+        except (OSError, ValueError):
+            name = None
+        return str(name or self.base_model.name)
 
     def files_path(self) -> Path:
         return self.files_dir or self.db.home / "files"

@@ -14,6 +14,7 @@ import time
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import base_model
 from gateway.limits import ModelLimits, check_job
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
@@ -40,6 +41,8 @@ def submit(
         max_prompt_chars=settings.max_prompt_chars,
         max_tokens_limit=settings.max_tokens_limit,
     )
+    if body.adapter == adapters.BASE_ADAPTER:
+        base_model.ensure_and_announce(session, settings=settings, publisher=publisher)
     job_id = jobs.new_job_id()
     with session.begin():
         resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)

@@ -6,8 +6,10 @@ Tenant scoping lives in :func:`visible_to` alone; every read goes through it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry import routes
@@ -15,6 +17,9 @@ from registry.adapter_check import AdapterInfo
 from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Route, Tenant, utcnow
 from registry.routing import choose_version, in_shadow
+
+BASE_ADAPTER = "base"  # reserved name: the base model with no adapter (slot 0); its queue is lora.base
+BASE_URI = "base:"  # the uri of its one version: nothing to load
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,21 @@ def register_version(
     )
     routes.apply(session, adapter, spec, action="register", actor=owner.name)
     return version
+
+
+def ensure_base_adapter(session: Session, *, base: BaseModelRow, owner: Tenant) -> bool:
+    """Create the reserved :data:`BASE_ADAPTER` on its first use (public, one version that loads
+    nothing), so jobs on the bare base model have a queue, a version and stats like any other.
+    Returns whether it was created now; a concurrent creation elsewhere is not an error."""
+    if session.scalar(select(Adapter.id).where(Adapter.name == BASE_ADAPTER)) is not None:
+        return False
+    info = AdapterInfo(path=Path(BASE_URI), r=0, alpha=0.0, target_modules=[], sha256="0" * 64, size_bytes=0)
+    try:
+        with session.begin_nested():
+            register_version(session, name=BASE_ADAPTER, uri=BASE_URI, info=info, base=base, owner=owner, public=True)
+    except IntegrityError:
+        return False
+    return True
 
 
 def get_visible(session: Session, *, tenant: Tenant, name: str) -> Adapter:

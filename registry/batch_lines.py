@@ -8,6 +8,7 @@ file, the rest of the file runs), never an exception.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,11 @@ def job_id_for(batch_id: str, line_no: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"loraq:{batch_id}:{line_no}"))
 
 
-def parse_line(raw: bytes, *, batch_id: str, line_no: int, endpoint: str) -> BatchLine | LineError:
-    """Validate one input line against the batch's endpoint (``model`` is the adapter name)."""
+def parse_line(
+    raw: bytes, *, batch_id: str, line_no: int, endpoint: str, aliases: Mapping[str, str] | None = None
+) -> BatchLine | LineError:
+    """Validate one input line against the batch's endpoint (``model`` is the adapter name, or one of
+    ``aliases``)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -57,7 +61,7 @@ def parse_line(raw: bytes, *, batch_id: str, line_no: int, endpoint: str) -> Bat
     if problem is not None:
         return LineError(line_no, custom_id, problem[0], problem[1])
     try:
-        job = request_for(endpoint, data["body"]).to_job()
+        job = request_for(endpoint, data["body"]).to_job(aliases)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,11 +61,11 @@ class _OpenAIRequest(BaseModel):
             if bad:
                 raise unsupported(name)
 
-    def _job(self, *, max_tokens: int, **content: Any) -> JobCreate:
+    def _job(self, aliases: Mapping[str, str] | None, *, max_tokens: int, **content: Any) -> JobCreate:
         self._refuse_unsupported()
         return JobCreate.model_validate(
             {
-                "adapter": adapter_of_model(self.model),
+                "adapter": adapter_of_model(self.model, aliases),
                 "max_tokens": max_tokens,
                 "temperature": 1.0 if self.temperature is None else self.temperature,
                 "top_p": 1.0 if self.top_p is None else self.top_p,
@@ -87,7 +88,8 @@ class CompletionRequest(_OpenAIRequest):
     best_of: int | None = None
     suffix: str | None = None
 
-    def to_job(self) -> JobCreate:
+    def to_job(self, aliases: Mapping[str, str] | None = None) -> JobCreate:
+        """The job this request asks for; ``aliases`` maps other model names to adapters (the base model)."""
         for name, bad in (
             ("echo", bool(self.echo)),
             ("logprobs", self.logprobs is not None),
@@ -104,7 +106,7 @@ class CompletionRequest(_OpenAIRequest):
                     code="unsupported_parameter",
                 )
             prompt = prompt[0]
-        return self._job(max_tokens=16 if self.max_tokens is None else self.max_tokens, prompt=prompt)
+        return self._job(aliases, max_tokens=16 if self.max_tokens is None else self.max_tokens, prompt=prompt)
 
 
 class ChatCompletionRequest(_OpenAIRequest):
@@ -118,7 +120,7 @@ class ChatCompletionRequest(_OpenAIRequest):
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
 
-    def to_job(self) -> JobCreate:
+    def to_job(self, aliases: Mapping[str, str] | None = None) -> JobCreate:
         fmt = (self.response_format or {}).get("type", "text")
         for name, bad in (
             ("logprobs", bool(self.logprobs) or self.top_logprobs is not None),
@@ -128,7 +130,7 @@ class ChatCompletionRequest(_OpenAIRequest):
             if bad:
                 raise unsupported(name)
         max_tokens = self.max_completion_tokens or self.max_tokens or DEFAULT_CHAT_MAX_TOKENS
-        return self._job(max_tokens=max_tokens, messages=[m.model_dump() for m in self.messages])
+        return self._job(aliases, max_tokens=max_tokens, messages=[m.model_dump() for m in self.messages])
 
 
 def unsupported(name: str) -> InvalidRequest:
@@ -138,8 +140,9 @@ def unsupported(name: str) -> InvalidRequest:
     )
 
 
-def adapter_of_model(model: str) -> str:
+def adapter_of_model(model: str, aliases: Mapping[str, str] | None = None) -> str:
     """The adapter a request's ``model`` names; a name no adapter can have is refused here."""
+    model = (aliases or {}).get(model, model)
     if not _ADAPTER_NAME.match(model):
         raise NotFound(
             f"model {model!r} does not exist; GET /v1/models lists the models (adapters) you may use.",

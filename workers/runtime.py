@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import jobs
+from registry.adapters import BASE_ADAPTER, BASE_URI
 from registry.db import transaction
 from registry.models import utcnow
 from registry.schemas import GenerationResult, JobError, TaskJob
@@ -70,7 +71,9 @@ def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
         job_id=task.job_id,
         prompt=task.prompt if prompt is None else prompt,
         sampling=task.sampling,
-        adapter=AdapterRef(key=adapter_key(task), uri=task.uri, sha256=task.sha256, name=task.adapter),
+        adapter=None
+        if task.uri == BASE_URI
+        else AdapterRef(key=adapter_key(task), uri=task.uri, sha256=task.sha256, name=task.adapter),
     )
 
 
@@ -95,8 +98,9 @@ class Runtime:
         )
 
     def resident_adapters(self) -> set[str]:
-        """Names of the adapters whose weights the engine holds now (any version)."""
-        return set(self.generator.resident_adapters())
+        """Names of the adapters whose weights the engine holds now (any version); the base model
+        alone is always resident."""
+        return set(self.generator.resident_adapters()) | {BASE_ADAPTER}
 
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 from fastapi import APIRouter
 from sqlalchemy import select
@@ -13,21 +11,13 @@ from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, S
 from gateway.remote import is_remote, validate_remote
 from registry import adapters, keys, routes
 from registry.adapter_check import validate_adapter
+from registry.errors import Conflict
 from registry.models import Adapter, Tenant
 from registry.queues import queue_name
 from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView, RouteSet, ShadowSpec, VersionStats
 from registry.stats import version_stats
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
-
-
-def base_model_name(path: Path) -> str:
-    """The base's recorded name (``_name_or_path`` in its config.json), else its directory name."""
-    try:
-        name = json.loads((path / "config.json").read_text()).get("_name_or_path")
-    except (OSError, ValueError):
-        name = None
-    return str(name or path.name)
 
 
 def _view(session: SessionDep, adapter: Adapter, owners: dict[int, str], *, viewer: Tenant) -> AdapterView:
@@ -72,6 +62,11 @@ def register_adapter(
     body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
 ) -> AdapterView:
     """Validate a PEFT LoRA against the base model, record a new version, route 100 % to it."""
+    if body.name == adapters.BASE_ADAPTER:
+        raise Conflict(
+            f"adapter name {body.name!r} is reserved for the base model without an adapter; choose another.",
+            code="adapter_name_reserved",
+        )
     if is_remote(body.uri):
         info = validate_remote(
             body.uri, roots=settings.roots(), base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes
@@ -83,9 +78,7 @@ def register_adapter(
         )
         uri = info.path.as_uri()
     with session.begin():
-        base = adapters.ensure_base_model(
-            session, name=base_model_name(settings.base_model), path=str(settings.base_model)
-        )
+        base = adapters.ensure_base_model(session, name=settings.base_model_name(), path=str(settings.base_model))
         adapters.register_version(
             session,
             name=body.name,

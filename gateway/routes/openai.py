@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from gateway import base_model
 from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SessionsDep, SettingsDep
 from gateway.submit import submit, wait_for
 from registry import adapters
@@ -70,7 +71,7 @@ async def _answer(
     publisher: PublisherDep,
     limits: LimitsDep,
 ) -> dict[str, Any] | StreamingResponse:
-    job = body.to_job()
+    job = body.to_job(base_model.aliases(settings))
 
     def accept() -> str:
         with sessions() as session:
@@ -126,16 +127,24 @@ def _owners(session: SessionDep) -> dict[int, str]:
 
 
 @router.get("/models")
-def list_models(tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
-    """The adapters this key may use (each is a ``model``), those with an active route."""
-    routable = set(adapters.active_adapter_names(session))
+def list_models(tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """The base model (no adapter) and the adapters this key may use with an active route."""
+    routable = set(adapters.active_adapter_names(session)) - {adapters.BASE_ADAPTER}
     owners = _owners(session)
-    data = [_model(a, owners) for a in adapters.list_visible(session, tenant=tenant) if a.name in routable]
+    data = [_base(settings)]
+    data += [_model(a, owners) for a in adapters.list_visible(session, tenant=tenant) if a.name in routable]
     return {"object": "list", "data": data}
 
 
-@router.get("/models/{model}")
-def get_model(model: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+def _base(settings: SettingsDep) -> dict[str, Any]:
+    created = int(settings.base_model.stat().st_mtime) if settings.base_model.exists() else 0
+    return {"id": settings.base_model_name(), "object": "model", "created": created, "owned_by": "loraq"}
+
+
+@router.get("/models/{model:path}")
+def get_model(model: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    if model in base_model.aliases(settings) or model == adapters.BASE_ADAPTER:
+        return _base(settings)
     try:
         adapter = adapters.get_visible(session, tenant=tenant, name=model)
     except NotFound:

@@ -113,3 +113,10 @@ def test_a_batch_file_runs_through_files_and_batches(client: OpenAI) -> None:
         got[line["custom_id"]] = line["response"]["body"]["choices"][0]["message"]["content"]
     assert got == wanted
     assert batch.id in {b.id for b in client.batches.list(limit=100)}
+
+
+def test_the_base_model_by_its_name_runs_with_no_adapter(client: OpenAI) -> None:
+    assert "base" in {m.id for m in client.models.list()}  # the demo base's directory name
+    done = client.completions.create(model="base", prompt="Hello World", max_tokens=32, temperature=0)
+    assert done.choices[0].text == expected(None, "Hello World")  # the base copies its input
+    assert client.models.retrieve("base").id == "base"

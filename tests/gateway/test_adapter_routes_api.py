@@ -56,3 +56,18 @@ def test_a_shadowed_job_runs_twice_but_only_the_primary_is_ever_returned(tmp_pat
         assert broker.llen("lora.upper") == 1 and sum(broker.llen(k) for k in broker.keys("lora.upper?*")) == 1
         assert client.get(f"/v1/jobs/{shadow.id}").status_code == 404  # never returned, not even to the admin
         assert client.get(f"/v1/jobs/{accepted['id']}").status_code == 200
+
+
+def test_the_base_model_is_a_reserved_adapter_created_on_first_use(tmp_path: Path, redis_url: str) -> None:
+    with make_gateway(tmp_path, redis_url) as client:
+        upper = str(DEMO / "adapters" / "upper")
+        refused = client.post("/v1/adapters", json={"name": "base", "uri": upper})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "adapter_name_reserved")
+        assert "base" not in [a["name"] for a in client.get("/v1/adapters").json()]
+        epoch = int(redis.Redis.from_url(redis_url).get(ROUTES_EPOCH_KEY) or 0)
+        job = client.post("/v1/jobs", json={"adapter": "base", "prompt": "hi", "max_tokens": 4})
+        assert job.status_code == 202, job.text
+        listed = {a["name"]: a for a in client.get("/v1/adapters").json()}
+        assert listed["base"]["queue"] == "lora.base" and listed["base"]["versions"][0]["r"] == 0
+        assert int(redis.Redis.from_url(redis_url).get(ROUTES_EPOCH_KEY) or 0) == epoch + 1  # workers told
+        assert client.post("/v1/jobs", json={"adapter": "base", "prompt": "again", "max_tokens": 4}).status_code == 202
