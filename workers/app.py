@@ -21,7 +21,7 @@ from celery.signals import celeryd_after_setup
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
 from registry.queues import CANCEL_KEY, ROUTES_EPOCH_KEY
-from workers import heartbeat
+from workers import heartbeat, metrics
 from workers.celery_app import make_celery
 from workers.generation import Generator
 from workers.queue_consumer import make_sticky_consumer
@@ -154,6 +154,7 @@ def _heartbeat() -> None:
             holding=len(tags),
             loads=current.generator.adapter_loads(),
             ttl_s=ttl,
+            metrics_port=settings.metrics_port,
         )
         _reconcile()
 
@@ -186,3 +187,6 @@ def _load_engine(sender: str, instance: Any, **_: Any) -> None:
     except Exception:
         log.critical("cannot load the engine; the worker exits", exc_info=True)
         os._exit(3)
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, host=settings.metrics_host)
+        log.warning("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

@@ -40,7 +40,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from registry.schemas import ChatMessage, GenerationResult
-from workers import chat, memory
+from workers import chat, memory, metrics
 from workers.decoding import finish_row
 from workers.engine_adapters import HostAdapter, read_adapter
 from workers.engine_kv import KVBatch
@@ -174,6 +174,7 @@ class LoraEngine:
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))  # masked out anyway
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.budget = self._plan_memory(memory_budget_mb)
+        self._publish_memory_plan()
         # Tiers. Slot i+1 of the layers holds self.slots[i]; slot 0 is the base model.
         self.slots = [Slot(key=None, last_used=0.0) for _ in range(max_loras)]
         self.slot_names: dict[str, str] = {}  # adapter key -> name, for resident_adapters
@@ -498,9 +499,11 @@ class LoraEngine:
         return slot
 
     def _to_slot(self, slot: int, adapter: HostAdapter, *, name: str) -> None:
+        started = time.perf_counter()
         old = self.slots[slot - 1].key
         if old is not None:
             self.slot_names.pop(old, None)
+            metrics.ADAPTER_EVICTIONS.labels("slot").inc()
         for module, layer in self.layers.items():
             delta = adapter.modules.get(module)
             if delta is None:
@@ -519,6 +522,9 @@ class LoraEngine:
         self.batch.touch()  # the slot's weights changed: the layers' copies are stale
         self._resident = frozenset(self.slot_names.values())
         self._loads += 1
+        metrics.ADAPTER_LOADS.labels("slot").inc()
+        metrics.ADAPTER_LOAD_SECONDS.labels("slot").observe(time.perf_counter() - started)
+        metrics.RESIDENT_ADAPTERS.set(len(self.slot_names))
 
     def _start_load(self, ref: AdapterRef) -> None:
         if ref.key in self.host or ref.key in self.loading or self._slot_of(ref.key):
@@ -526,6 +532,7 @@ class LoraEngine:
         self.loading[ref.key] = self._loader.submit(self._read, ref)
 
     def _read(self, ref: AdapterRef) -> HostAdapter:
+        started = time.perf_counter()
         path = local_dir(ref.uri, sha256=ref.sha256, cache_dir=self.cache_dir)
         adapter = read_adapter(
             path,
@@ -540,6 +547,8 @@ class LoraEngine:
             for delta in adapter.modules.values():  # pinned pages copy to the device asynchronously
                 object.__setattr__(delta, "a", delta.a.pin_memory())
                 object.__setattr__(delta, "b", delta.b.pin_memory())
+        metrics.ADAPTER_LOADS.labels("host").inc()
+        metrics.ADAPTER_LOAD_SECONDS.labels("host").observe(time.perf_counter() - started)
         return adapter
 
     def _collect_loads(self, pending: deque[_Row]) -> None:
@@ -559,8 +568,19 @@ class LoraEngine:
         sizes = [(k, a.nbytes) for k, a in self.host.items()]
         for key in host_evictions(sizes, budget=self.host_budget, keep=in_slots):
             del self.host[key]
+            metrics.ADAPTER_EVICTIONS.labels("host").inc()
 
     # -- memory -------------------------------------------------------------------
+
+    def _publish_memory_plan(self) -> None:
+        plan = self.budget
+        kv = plan.kv_tokens * plan.kv_bytes_per_token
+        parts = {"budget": plan.budget, "weights": plan.weights, "slots": plan.slots, "activations": plan.activations}
+        for part, value in {**parts, "kv": kv}.items():
+            metrics.MEMORY_BUDGET.labels(part).set(value)
+        metrics.KV_TOKENS.set(plan.kv_tokens)
+        if self.device.type == "cuda":
+            metrics.watch_device_memory(lambda: float(torch.cuda.memory_allocated(self.device)))
 
     def _plan_memory(self, budget_mb: int | None) -> memory.MemoryBudget:
         cfg = self.model.config.get_text_config()

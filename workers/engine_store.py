@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from registry.adapter_check import CONFIG_FILE, WEIGHTS_FILE
+from workers import metrics
 from workers.errors import AdapterLoadFailed
 
 
@@ -35,6 +37,7 @@ def local_dir(uri: str, *, sha256: str, cache_dir: Path) -> Path:
         return target
     import fsspec  # only for remote stores
 
+    started = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache_dir))
     try:
@@ -51,4 +54,6 @@ def local_dir(uri: str, *, sha256: str, cache_dir: Path) -> Path:
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise AdapterLoadFailed(f"cannot fetch adapter {uri}: {type(exc).__name__}: {exc}") from exc
+    metrics.ADAPTER_LOADS.labels("disk").inc()
+    metrics.ADAPTER_LOAD_SECONDS.labels("disk").observe(time.perf_counter() - started)
     return target

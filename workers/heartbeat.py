@@ -30,8 +30,25 @@ def refresh_visibility(client: redis.Redis, tags: Iterable[str], *, now: float |
     return int(client.zadd(UNACKED_INDEX, mapping, xx=True, ch=True))
 
 
-def announce(client: redis.Redis, *, name: str, resident: Iterable[str], holding: int, loads: int, ttl_s: int) -> None:
-    record = {"name": name, "resident": sorted(resident), "holding": holding, "loads": loads, "at": time.time()}
+def announce(
+    client: redis.Redis,
+    *,
+    name: str,
+    resident: Iterable[str],
+    holding: int,
+    loads: int,
+    ttl_s: int,
+    metrics_port: int | None = None,
+) -> None:
+    """The worker's liveness record, read by ``loraq status`` and the gateway's metrics."""
+    record = {
+        "name": name,
+        "resident": sorted(resident),
+        "holding": holding,
+        "loads": loads,
+        "metrics_port": metrics_port,
+        "at": time.time(),
+    }
     client.set(WORKER_KEY.format(name=name), json.dumps(record), ex=ttl_s)
 
 

@@ -28,7 +28,8 @@ def priority_key(queue: str, step: int) -> str:
 
 
 def enqueued_at(raw: bytes | None) -> float | None:
-    """When the job in a raw kombu message was accepted (``TaskJob.enqueued_at``)."""
+    """When the job in a raw kombu message was accepted (``TaskJob.enqueued_at``); for a bulk chunk,
+    its first job's (all of a chunk's jobs are accepted together)."""
     if raw is None:
         return None
     try:
@@ -36,8 +37,10 @@ def enqueued_at(raw: bytes | None) -> float | None:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return float(args[0]["enqueued_at"])
+        first = json.loads(body)[0][0]
+        if isinstance(first, list):  # a chunk: its one argument is the list of its jobs
+            first = first[0]
+        return float(first["enqueued_at"])
     except (ValueError, KeyError, IndexError, TypeError):
         return None
 

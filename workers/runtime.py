@@ -19,6 +19,7 @@ from registry.adapters import BASE_ADAPTER, BASE_URI
 from registry.db import transaction
 from registry.models import utcnow
 from registry.schemas import GenerationResult, JobError, TaskJob
+from workers import metrics
 from workers.batcher import Batcher
 from workers.errors import EngineError
 from workers.generation import AdapterRef, Generator, GenRequest
@@ -77,6 +78,30 @@ def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
     )
 
 
+def observe_batch(
+    tasks: Sequence[TaskJob],
+    produced: Sequence[GenerationResult | RowFailure],
+    *,
+    retry: set[str],
+    started: float,
+    run_time: float,
+) -> None:
+    """Count a batch and its rows in the worker's metrics (what this delivery ran, duplicates included)."""
+    if not tasks:
+        return
+    metrics.BATCHES.inc()
+    metrics.BATCH_ROWS.observe(len(tasks))
+    metrics.BATCH_ADAPTERS.observe(len({t.version_id for t in tasks}))
+    for task, result in zip(tasks, produced, strict=True):
+        status = "retry" if task.job_id in retry else "succeeded" if isinstance(result, GenerationResult) else "failed"
+        metrics.JOBS.labels(task.adapter, str(task.version), status).inc()
+        metrics.QUEUE_WAIT.labels(task.adapter).observe(max(0.0, started - task.enqueued_at))
+        metrics.RUN_TIME.labels(task.adapter).observe(run_time)
+        if isinstance(result, GenerationResult):
+            metrics.PROMPT_TOKENS.labels(task.adapter).inc(result.prompt_tokens)
+            metrics.COMPLETION_TOKENS.labels(task.adapter).inc(result.completion_tokens)
+
+
 class Runtime:
     def __init__(
         self,
@@ -104,12 +129,16 @@ class Runtime:
 
     def run(self, task: TaskJob) -> TaskOutcome:
         """Called from a Celery pool thread; blocks until the job's batch is done."""
-        return self.batcher.submit(task).result()
+        return self.run_many([task])[0]
 
     def run_many(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
         """A chunk's jobs: each joins the batches as a row of its own; blocks until all are done."""
-        futures = [self.batcher.submit(t) for t in tasks]
-        return [f.result() for f in futures]
+        metrics.ROWS_IN_FLIGHT.inc(len(tasks))
+        try:
+            futures = [self.batcher.submit(t) for t in tasks]
+            return [f.result() for f in futures]
+        finally:
+            metrics.ROWS_IN_FLIGHT.dec(len(tasks))
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
         with transaction(self.sessions) as session:
@@ -141,6 +170,7 @@ class Runtime:
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
             truth = jobs.recorded(session, [t.job_id for t in tasks])
+        observe_batch(runnable, produced, retry=retry, started=started, run_time=run_time)
         log.info(
             "batch of %d rows (%d adapters) in %.3fs",
             len(runnable),

@@ -53,6 +53,10 @@ class WorkerSettings(BaseSettings):
     adapter_cache_dir: Path | None = Field(
         default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
     )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (/metrics); unset: off."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port binds (0.0.0.0 in compose).")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     @property
