@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import errors
+from gateway import errors, metrics
 from gateway.batch_supervisor import BatchSupervisor
 from gateway.body_limit import BodyLimit
 from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
-from gateway.routes import adapters, batches, files, health, jobs, keys, openai, tenants
+from gateway.routes import adapters, batches, files, health, jobs, keys, openai, status, tenants, usage
 from gateway.settings import GatewaySettings
 from registry.db import engine_from_settings, session_factory
 
@@ -42,7 +42,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         sessions=app.state.sessions, publisher=app.state.publisher, settings=settings, limits=app.state.limits
     )
     errors.install(app)
-    routers = (health, jobs, openai, files, batches, adapters, keys, tenants)
+    metrics.install(app, sessions=app.state.sessions, redis_url=settings.redis_url)
+    routers = (health, jobs, openai, files, batches, adapters, keys, tenants, status, usage)
     for module in routers:
         app.include_router(module.router)
 

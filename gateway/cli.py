@@ -18,7 +18,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from gateway import cli_batches
+from gateway import cli_batches, cli_status
 from gateway import stack as stack_mod
 from gateway.cli_client import Client, ClientSettings, client, console, err, run
 from registry.adapter_check import file_sha256
@@ -39,6 +39,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(routes_app, name="routes")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(cli_batches.app, name="batches")
+app.command("status")(cli_status.status)
+app.command("usage")(cli_status.usage)
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "workers" / "demo_model"
 DEMO_PHRASES = [
@@ -59,10 +61,15 @@ def up(
     flower_port: Annotated[int, typer.Option(help="Flower port.")] = 5555,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     workers: Annotated[int, typer.Option(min=1, help="Celery workers to start.")] = 1,
+    metrics_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="First worker's Prometheus port (the next ones follow); 0: off.")
+    ] = 9410,
 ) -> None:
     """Run the whole stack in the foreground; Ctrl-C stops every process."""
     home = ClientSettings().home
-    config = stack_mod.StackConfig(home=home, port=port, flower_port=flower_port, host=host, workers=workers)
+    config = stack_mod.StackConfig(
+        home=home, port=port, flower_port=flower_port, host=host, workers=workers, metrics_port=metrics_port or None
+    )
     try:
         stack = stack_mod.start(config)
     except RuntimeError as exc:
@@ -72,8 +79,14 @@ def up(
     console.print(f"[bold]loraq is up[/bold]\n  gateway  {stack.url}  (OpenAPI at {stack.url}/docs)")
     console.print(f"  flower   {stack.flower_url}  (user {user!r}, password in {home / 'flower.password'})")
     console.print(f"  redis    {stack.redis_url}\n  database {stack.database_url}")
+    console.print(f"  metrics  {stack.url}/metrics" + _worker_metrics(config))
     console.print(f"  admin key in {home / 'admin.key'} (or LORAQ_ADMIN_KEY)\nCtrl-C to stop.")
     stack_mod.serve_forever(stack)
+
+
+def _worker_metrics(config: stack_mod.StackConfig) -> str:
+    ports = stack_mod.worker_metrics_ports(config)
+    return f", workers on {config.host}:{ports[0]}" + (f"-{ports[-1]}" if len(ports) > 1 else "") if ports else ""
 
 
 @db_app.command("upgrade")
@@ -363,6 +376,7 @@ def demo(count: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs to sub
         port=stack_mod.free_port(),
         flower_port=stack_mod.free_port(),
         log_dir=settings.home / "logs",
+        metrics_port=stack_mod.free_port(),
     )
     console.print(f"starting a local stack (logs in {config.log_dir}) ...")
     with stack_mod.running(config) as stack:

@@ -70,6 +70,7 @@ class StackConfig:
     host: str = "127.0.0.1"
     workers: int = 1
     log_dir: Path | None = None  # children log here instead of the terminal
+    metrics_port: int | None = 9410  # worker i serves Prometheus metrics on metrics_port + i - 1; None: off
 
     @property
     def url(self) -> str:
@@ -215,6 +216,12 @@ def worker_argv(name: str) -> list[str]:
     ]
 
 
+def worker_metrics_ports(config: StackConfig) -> list[int]:
+    if config.metrics_port is None:
+        return []
+    return [config.metrics_port + i for i in range(config.workers)]
+
+
 def check_port_free(host: str, port: int, option: str) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -228,6 +235,8 @@ def start(config: StackConfig) -> Stack:
     """Start everything and return once the gateway is ready (workers load in the background)."""
     check_port_free(config.host, config.port, "--port")
     check_port_free(config.host, config.flower_port, "--flower-port")
+    for port in worker_metrics_ports(config):
+        check_port_free(config.host, port, "--metrics-port")
     config.home.mkdir(parents=True, exist_ok=True)
     redis_url = os.environ.get("LORAQ_REDIS_URL")
     binary = None
@@ -251,8 +260,10 @@ def start(config: StackConfig) -> Stack:
         upgrade(database_url)
         py = sys.executable
         stack.spawn("gateway", gateway_argv(config.host, config.port))
+        ports = worker_metrics_ports(config)
         for i in range(1, config.workers + 1):
-            stack.spawn(f"worker{i}", worker_argv(f"worker{i}"))
+            metrics = {"LORAQ_METRICS_PORT": str(ports[i - 1]), "LORAQ_METRICS_HOST": config.host} if ports else {}
+            stack.spawn(f"worker{i}", worker_argv(f"worker{i}"), extra_env=metrics)
         stack.spawn(
             "flower",
             [

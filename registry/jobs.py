@@ -255,6 +255,7 @@ class Outcome:
     finished_at: datetime
     result: GenerationResult | None = None
     error: JobError | None = None
+    worker_seconds: float | None = None  # its share of the batch's time (by tokens), for cost reports
 
 
 def record(session: Session, outcomes: list[Outcome]) -> None:
@@ -277,6 +278,7 @@ def record(session: Session, outcomes: list[Outcome]) -> None:
             worker=bindparam("b_worker"),
             queue_wait_s=bindparam("b_wait"),
             run_time_s=bindparam("b_run"),
+            worker_seconds=bindparam("b_ws"),
             finished_at=bindparam("b_fin"),
         )
     )
@@ -296,6 +298,7 @@ def record(session: Session, outcomes: list[Outcome]) -> None:
                 "b_worker": o.worker,
                 "b_wait": o.queue_wait_s,
                 "b_run": o.run_time_s,
+                "b_ws": o.worker_seconds,
                 "b_fin": o.finished_at,
             }
         )

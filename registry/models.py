@@ -257,6 +257,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
     queue_wait_s: Mapped[float | None] = mapped_column(Float, default=None)
     run_time_s: Mapped[float | None] = mapped_column(Float, default=None)
+    worker_seconds: Mapped[float | None] = mapped_column(Float, default=None)  # its share of its batch's time
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None, index=True)

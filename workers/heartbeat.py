@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -27,7 +28,8 @@ def refresh_visibility(client: redis.Redis, tags: Iterable[str], *, now: float |
     mapping = {tag: now for tag in tags}
     if not mapping:
         return 0
-    return int(client.zadd(UNACKED_INDEX, mapping, xx=True, ch=True))
+    changed: int = client.zadd(UNACKED_INDEX, mapping, xx=True, ch=True)  # type: ignore[assignment]
+    return changed
 
 
 def announce(
@@ -50,6 +52,14 @@ def announce(
         "at": time.time(),
     }
     client.set(WORKER_KEY.format(name=name), json.dumps(record), ex=ttl_s)
+
+
+def read_all(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every live worker's last record (expired records are gone: their worker stopped beating)."""
+    keys = list(client.scan_iter(match=WORKER_KEY.format(name="*"), count=500))
+    replies = client.mget(keys) if keys else []
+    records = [json.loads(raw) for raw in replies if raw]
+    return sorted(records, key=lambda r: str(r.get("name")))
 
 
 def held_delivery_tags() -> list[str]:

@@ -78,6 +78,14 @@ def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
     )
 
 
+def cost_shares(produced: Sequence[GenerationResult | RowFailure], run_time: float) -> list[float]:
+    """The batch's time split over its rows by their tokens (a failed row weighs one token): what each
+    job cost in worker-seconds. The shares add up to the batch's time."""
+    weights = [r.prompt_tokens + r.completion_tokens if isinstance(r, GenerationResult) else 1 for r in produced]
+    total = sum(weights)
+    return [run_time * w / total if total else 0.0 for w in weights]
+
+
 def observe_batch(
     tasks: Sequence[TaskJob],
     produced: Sequence[GenerationResult | RowFailure],
@@ -154,6 +162,7 @@ class Runtime:
         }
         finished = utcnow()
         run_time = time.time() - started
+        shares = cost_shares(produced, run_time)
         outcomes = [
             jobs.Outcome(
                 job_id=t.job_id,
@@ -163,8 +172,9 @@ class Runtime:
                 finished_at=finished,
                 result=recordable(r) if isinstance(r, GenerationResult) else None,
                 error=JobError(code=r.code, message=r.message) if isinstance(r, RowFailure) else None,
+                worker_seconds=share,
             )
-            for t, r in zip(runnable, produced, strict=True)
+            for t, r, share in zip(runnable, produced, shares, strict=True)
             if t.job_id not in retry
         ]
         with transaction(self.sessions) as session:

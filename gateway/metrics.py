@@ -1,0 +1,131 @@
+"""The gateway's ``/metrics``: the fleet as the registry and Redis see it, and the gateway's HTTP.
+
+The fleet's figures are read when Prometheus scrapes (a custom collector), so
+every gateway replica reports the same truth and nothing drifts: jobs by
+adapter, version and status; each adapter queue's messages and the age of
+its oldest queued job; batches by status; live workers and their heartbeat
+age. HTTP requests are counted by route template (``/v1/jobs/{job_id}``),
+never by raw path, so job ids never become labels. A registry or Redis that
+does not answer is reported as ``loraq_up{dependency} 0``, not as a failed scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import redis
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import status
+from registry.models import Adapter, AdapterVersion, BatchRow, Job, utcnow
+from workers import heartbeat
+from workers.queue_state import read_states
+
+log = logging.getLogger(__name__)
+
+
+def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+class FleetCollector(Collector):
+    def __init__(self, sessions: sessionmaker[Session], client: redis.Redis) -> None:
+        self.sessions = sessions
+        self.client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = _gauge("loraq_up", "Whether the gateway reached this dependency while scraping.", "dependency")
+        adapters: list[str] = []
+        try:
+            families, adapters = self._registry()
+            yield from families
+            up.add_metric(["database"], 1)
+        except Exception:
+            log.warning("metrics: the registry did not answer", exc_info=True)
+            up.add_metric(["database"], 0)
+        try:
+            yield from self._redis(adapters)
+            up.add_metric(["redis"], 1)
+        except Exception:
+            log.warning("metrics: Redis did not answer", exc_info=True)
+            up.add_metric(["redis"], 0)
+        yield up
+
+    def _registry(self) -> tuple[list[GaugeMetricFamily], list[str]]:
+        jobs = _gauge(
+            "loraq_jobs", "Jobs in the registry by adapter, version and status.", "adapter", "version", "status"
+        )
+        oldest = _gauge("loraq_queue_oldest_job_age_seconds", "Age of the adapter's oldest queued job.", "adapter")
+        batches = _gauge("loraq_batches", "Batch API batches by status.", "status")
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Adapter.name, AdapterVersion.version, Job.status, func.count())
+                .join(Adapter, Adapter.id == Job.adapter_id)
+                .join(AdapterVersion, AdapterVersion.id == Job.version_id)
+                .group_by(Adapter.name, AdapterVersion.version, Job.status)
+            ).all()
+            for name, version, state, count in rows:
+                jobs.add_metric([name, str(version), state], count)
+            for queue in status.queues(session, now=utcnow()):
+                if queue.queued:
+                    oldest.add_metric([queue.adapter], queue.oldest_wait_s)
+            for state, count in session.execute(select(BatchRow.status, func.count()).group_by(BatchRow.status)):
+                batches.add_metric([state], count)
+            names = list(session.scalars(select(Adapter.name).order_by(Adapter.name)))
+        return [jobs, oldest, batches], names
+
+    def _redis(self, adapters: list[str]) -> list[GaugeMetricFamily]:
+        messages = _gauge(
+            "loraq_queue_messages", "Messages in the adapter's Redis queue (a bulk chunk is one).", "adapter"
+        )
+        for state in read_states(self.client, adapters):
+            messages.add_metric([state.adapter], state.depth)
+        workers = _gauge("loraq_workers", "Workers whose heartbeat is live.")
+        age = _gauge("loraq_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", "worker")
+        resident = _gauge("loraq_worker_resident_adapter_count", "Adapters in the worker's slots.", "worker")
+        records = heartbeat.read_all(self.client)
+        workers.add_metric([], len(records))
+        for record in records:
+            age.add_metric([record["name"]], max(0.0, time.time() - float(record["at"])))
+            resident.add_metric([record["name"]], len(record.get("resident", [])))
+        return [messages, workers, age, resident]
+
+
+def install(app: FastAPI, *, sessions: sessionmaker[Session], redis_url: str) -> None:
+    """``GET /metrics`` and the HTTP middleware, on a registry of the app's own."""
+    registry = CollectorRegistry()
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+    registry.register(FleetCollector(sessions, client))
+    requests = Counter(
+        "loraq_http_requests",
+        "HTTP requests by route template, method and status.",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "loraq_http_request_seconds",
+        "HTTP request latency by route template.",
+        ["route"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    )
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        requests.labels(route, request.method, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,84 @@
+"""``GET /v1/admin/status``: queues, workers and routes in one answer (admin), for ``loraq status``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from gateway.deps import AdminTenant, SessionsDep, SettingsDep
+from registry import status
+from registry.adapters import active_adapter_names
+from registry.models import utcnow
+from workers import heartbeat
+from workers.queue_state import read_states
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@router.get("/status")
+async def fleet_status(_: AdminTenant, sessions: SessionsDep, settings: SettingsDep) -> dict[str, Any]:
+    return await run_in_threadpool(_read, sessions, settings.redis_url)
+
+
+def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
+    now = utcnow()
+    with sessions() as session:
+        queues = status.queues(session, now=now)
+        activity = status.workers(session, now=now)
+        routes = status.routes(session, now=now)
+        adapters = sorted(set(active_adapter_names(session)) | {q.adapter for q in queues})
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        messages = {s.adapter: s.depth for s in read_states(client, adapters)}
+        beats = heartbeat.read_all(client)
+    finally:
+        client.close()
+    by_name = {q.adapter: q for q in queues}
+    return {
+        "at": time.time(),
+        "queues": [
+            {
+                "adapter": name,
+                "messages": messages.get(name, 0),
+                "queued": by_name[name].queued if name in by_name else 0,
+                "running": by_name[name].running if name in by_name else 0,
+                "oldest_wait_s": round(by_name[name].oldest_wait_s, 1) if name in by_name else 0.0,
+                "done_last_min": by_name[name].done_last_min if name in by_name else 0,
+            }
+            for name in sorted(adapters, key=lambda a: (-(by_name[a].oldest_wait_s if a in by_name else 0), a))
+        ],
+        "workers": [
+            {
+                "name": beat["name"],
+                "resident": beat.get("resident", []),
+                "holding": beat.get("holding", 0),
+                "loads": beat.get("loads", 0),
+                "heartbeat_age_s": round(max(0.0, time.time() - float(beat["at"])), 1),
+                "jobs_last_min": activity[beat["name"]].jobs_last_min if beat["name"] in activity else 0,
+                "tokens_per_s": round(activity[beat["name"]].tokens_per_s, 1) if beat["name"] in activity else 0.0,
+                "metrics_port": beat.get("metrics_port"),
+            }
+            for beat in beats
+        ],
+        "routes": [
+            {
+                "adapter": r.adapter,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "weight": v.weight,
+                        "status": v.status,
+                        "succeeded_1h": v.succeeded_1h,
+                        "failed_1h": v.failed_1h,
+                        "error_rate_1h": round(v.error_rate, 4),
+                    }
+                    for v in r.versions
+                ],
+            }
+            for r in routes
+        ],
+    }
