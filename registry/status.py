@@ -72,6 +72,7 @@ def queues(session: Session, *, now: datetime) -> list[QueueStatus]:
             q.running = count
     done = session.execute(
         select(Adapter.name, func.count())
+        .select_from(Job)
         .join(Adapter, Adapter.id == Job.adapter_id)
         .where(Job.finished_at >= now - timedelta(seconds=RATE_WINDOW_S))
         .group_by(Adapter.name)

@@ -16,9 +16,9 @@ from registry import adapters, jobs, keys
 from registry.adapter_check import validate_adapter
 from registry.db import transaction
 from registry.models import Job
-from registry.schemas import JobCreate, TaskJob
+from registry.schemas import FinishReason, GenerationResult, JobCreate, TaskJob
 from workers.engine_peft import PeftGenerator
-from workers.runtime import Runtime
+from workers.runtime import RowFailure, Runtime, cost_shares
 
 DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
@@ -166,3 +166,10 @@ def test_a_cancelled_running_row_stops_at_the_next_steps_and_its_batch_mates_do_
     stopped, kept = engine.generate(rows)
     assert stopped.completion_tokens <= 4 < len(long)
     assert kept.text == long  # the batch-mate ran to its end
+
+
+def test_cost_shares_split_a_batchs_time_by_tokens_and_add_up_to_it() -> None:
+    ok = GenerationResult(text="x", finish_reason=FinishReason.STOP, prompt_tokens=1, completion_tokens=3)
+    shares = cost_shares([ok, RowFailure(code="engine_error", message="x", retryable=False)], 2.0)
+    assert shares == [1.6, 0.4] and sum(shares) == 2.0
+    assert cost_shares([], 1.0) == []
