@@ -14,6 +14,7 @@ from gateway.limits import ModelLimits
 from gateway.publisher import Publisher
 from gateway.routes import adapters, batches, files, health, jobs, keys, openai, status, tenants, usage
 from gateway.settings import GatewaySettings
+from registry import logs
 from registry.db import engine_from_settings, session_factory
 
 
@@ -54,3 +55,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_file_bytes,
     )
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app as uvicorn serves it (``--factory gateway.app:create_served_app``): with loraq's log
+    format (JSON lines off a terminal), which tests that build apps in-process do not want."""
+    logs.configure()
+    return create_app()

@@ -178,9 +178,20 @@ class Ingester:
                 lines=lines,
                 errors=errors,
             )
-            return batches.commit_chunk(
+            tasks = batches.commit_chunk(
                 session, batch=batch, owner=self.owner, lease_s=self.settings.batch_lease_s, chunk=chunk
             )
+            for task in tasks:
+                task["tenant"] = tenant.name
+            log.info(
+                "batch lines %d-%d recorded: %d jobs, %d refused",
+                read.end_line - len(parsed),
+                read.end_line,
+                len(tasks),
+                len(errors),
+                extra={"batch_id": batch_id, "tenant": tenant.name},
+            )
+            return tasks
 
     def _publish(self, batch_id: str, tasks: Sequence[dict[str, Any]], *, upto_line: int) -> None:
         """Publish, then note it. A failure leaves the gap for the next pass (the jobs are recorded)."""

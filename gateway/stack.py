@@ -191,7 +191,7 @@ def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
 
 def gateway_argv(host: str, port: int) -> list[str]:
     """The command line of the gateway: uvicorn serving the app factory."""
-    app = ["uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
+    app = ["uvicorn", "--factory", "gateway.app:create_served_app", "--log-level", "warning"]
     return [sys.executable, "-m", *app, "--host", host, "--port", str(port)]
 
 

@@ -56,11 +56,15 @@ def submit(
             version = jobs.version_number(session, job)
             return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=version)
     try:
-        publisher.publish(jobs.task_for(job, resolved, body), priority=Priority.INTERACTIVE)
+        publisher.publish(jobs.task_for(job, resolved, body, tenant=tenant.name), priority=Priority.INTERACTIVE)
     except Exception:
         with session.begin():
             jobs.discard_unpublished(session, job_id=job.id)
         raise
+    log.info(
+        "job accepted",
+        extra={"job_id": job.id, "adapter": resolved.name, "version": resolved.version, "tenant": tenant.name},
+    )
     shadow_of(job, resolved, body, session=session, publisher=publisher)
     return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=resolved.version)
 

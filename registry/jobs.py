@@ -114,7 +114,7 @@ def version_number(session: Session, job: Job) -> int:
     return version.version
 
 
-def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate) -> TaskJob:
+def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate, *, tenant: str | None = None) -> TaskJob:
     return TaskJob(
         job_id=job.id,
         adapter=resolved.name,
@@ -126,6 +126,7 @@ def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate) -> TaskJob
         messages=request.messages,
         sampling=request.sampling(),
         enqueued_at=job.created_at.timestamp(),
+        tenant=tenant,
     )
 
 

@@ -163,6 +163,7 @@ class TaskJob(BaseModel):
     messages: list[ChatMessage] | None = None  # chat: the worker renders them into the prompt
     sampling: SamplingParams
     enqueued_at: float  # epoch seconds, for queue wait
+    tenant: str | None = None  # the submitting tenant's name, for log lines
 
 
 class GenerationResult(BaseModel):

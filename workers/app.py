@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, setup_logging
 
+from registry import logs
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
 from registry.queues import CANCEL_KEY, ROUTES_EPOCH_KEY
@@ -176,6 +177,13 @@ app.steps["consumer"].add(
         refresh_interval=settings.queue_refresh_s,
     )
 )
+
+
+@setup_logging.connect
+def _logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (JSON off a terminal, see registry.logs) instead of Celery's."""
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else (loglevel or logging.INFO)
+    logs.configure(level=level)
 
 
 @celeryd_after_setup.connect

@@ -181,6 +181,7 @@ class Runtime:
             jobs.record(session, outcomes)
             truth = jobs.recorded(session, [t.job_id for t in tasks])
         observe_batch(runnable, produced, retry=retry, started=started, run_time=run_time)
+        self._log_rows(runnable, produced, retry)
         log.info(
             "batch of %d rows (%d adapters) in %.3fs",
             len(runnable),
@@ -193,6 +194,25 @@ class Runtime:
             else self._outcome(t.job_id, truth.get(t.job_id))
             for t in tasks
         ]
+
+    def _log_rows(
+        self, tasks: Sequence[TaskJob], produced: Sequence[GenerationResult | RowFailure], retry: set[str]
+    ) -> None:
+        """One line per job, with its fields (JSON off a terminal): an operator greps a job id."""
+        for task, result in zip(tasks, produced, strict=True):
+            fields = {
+                "job_id": task.job_id,
+                "adapter": task.adapter,
+                "version": task.version,
+                "worker": self.worker_name,
+                "tenant": task.tenant,
+            }
+            if isinstance(result, GenerationResult):
+                log.info("job succeeded (%d tokens)", result.completion_tokens, extra=fields)
+            elif task.job_id in retry:
+                log.warning("job failed (%s), will run again: %s", result.code, result.message, extra=fields)
+            else:
+                log.warning("job failed (%s): %s", result.code, result.message, extra=fields)
 
     def fail(self, job_id: str, *, code: str, message: str) -> TaskOutcome:
         """Record a job the worker could not run at all (bad message, internal error)."""

@@ -127,3 +127,20 @@ def test_usage_sums_the_token_counts_of_the_job_rows(loraq_stack: RunningStack, 
     assert table.returncode == 0 and "total" in table.stdout and ADAPTER in table.stdout
     bad = loraq(loraq_stack, "usage", "--by", "colour")
     assert bad.returncode == 1 and "invalid_group_by" in bad.stderr
+
+
+def test_worker_and_gateway_log_json_lines_with_the_jobs_fields(loraq_stack: RunningStack, ran: dict[str, int]) -> None:
+    lines = []
+    for raw in loraq_stack.log.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("adapter") == ADAPTER:
+            lines.append(line)
+    accepted = [x for x in lines if x["msg"] == "job accepted"]
+    succeeded = [x for x in lines if x["msg"].startswith("job succeeded")]
+    assert len(accepted) >= 10 and len(succeeded) >= 10
+    assert {x["tenant"] for x in accepted} == {"_admin"}
+    assert all(x["worker"].startswith("worker1@") and x["version"] == 1 and x["job_id"] for x in succeeded)
+    assert {x["job_id"] for x in accepted} >= {x["job_id"] for x in succeeded}
