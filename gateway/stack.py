@@ -62,6 +62,10 @@ def secret_file(path: Path, *, env: str) -> str:
     return value
 
 
+MAX_RESTARTS = 5  # a worker restarted this often within RESTART_WINDOW_S is crash-looping: stop the stack
+RESTART_WINDOW_S = 300.0
+
+
 @dataclass
 class StackConfig:
     home: Path
@@ -87,6 +91,8 @@ class Stack:
     admin_key: str
     flower_auth: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    launches: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)  # name -> when it was restarted
 
     @property
     def url(self) -> str:
@@ -108,6 +114,7 @@ class Stack:
         return env
 
     def spawn(self, name: str, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
+        self.launches[name] = (argv, extra_env)
         out: IO[bytes] | None = None  # None: inherit the terminal
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +129,17 @@ class Stack:
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def restart(self, name: str, *, now: float) -> bool:
+        """Start a dead child again, unless it died ``MAX_RESTARTS`` times within ``RESTART_WINDOW_S``
+        (a crash loop is reported, not hidden). Its messages come back to the queues on their own."""
+        recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+        if len(recent) >= MAX_RESTARTS:
+            return False
+        self.restarts[name] = [*recent, now]
+        argv, extra_env = self.launches[name]
+        self.spawn(name, argv, extra_env=extra_env)
+        return True
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop children one by one, newest first, Redis last: workers finish their
@@ -308,8 +326,19 @@ def wait_for_workers(stack: Stack, *, count: int, timeout: float) -> None:
     raise RuntimeError(f"{count} worker(s) not up after {timeout:.0f}s")
 
 
+def _restart_workers(stack: Stack) -> bool:
+    """Restart dead workers; False when something cannot or should not be restarted."""
+    for name in stack.dead():
+        code = stack.procs[name].returncode
+        if not name.startswith("worker") or not stack.restart(name, now=time.monotonic()):
+            return False
+        print(f"loraq: {name} exited ({code}); restarted it", file=sys.stderr)
+    return True
+
+
 def serve_forever(stack: Stack) -> None:
-    """Wait until Ctrl-C / SIGTERM or a child dies, then stop everything."""
+    """Wait until Ctrl-C / SIGTERM, restarting a worker that dies (as compose's ``restart:`` does);
+    a crash-looping worker, or any other child that dies, stops everything."""
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -320,7 +349,7 @@ def serve_forever(stack: Stack) -> None:
     signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
-            if stack.dead():
+            if not _restart_workers(stack):
                 print(f"loraq: {', '.join(stack.dead())} exited; stopping the stack", file=sys.stderr)
                 break
             time.sleep(0.5)

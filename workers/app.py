@@ -19,7 +19,7 @@ import redis
 from celery.signals import celeryd_after_setup, setup_logging
 
 from registry import logs
-from registry.adapters import active_adapter_names
+from registry.adapters import BASE_ADAPTER, active_adapter_names
 from registry.db import engine_from_settings, session_factory
 from registry.queues import CANCEL_KEY, ROUTES_EPOCH_KEY
 from workers import heartbeat, metrics
@@ -151,7 +151,7 @@ def _heartbeat() -> None:
         heartbeat.announce(
             broker,
             name=current.worker_name,
-            resident=_resident(),
+            resident=_resident() - {BASE_ADAPTER},  # the bare base is no adapter an operator looks for
             holding=len(tags),
             loads=current.generator.adapter_loads(),
             ttl_s=ttl,

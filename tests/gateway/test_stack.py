@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,28 @@ def test_up_refuses_a_busy_port_with_the_option_to_change(tmp_path: Path) -> Non
         port = busy.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"port {port} .* in use; choose another with --port"):
             start(StackConfig(home=tmp_path, port=port, flower_port=free_port()))
+
+
+def test_a_dead_worker_is_restarted_until_it_crash_loops(tmp_path: Path) -> None:
+    from gateway.stack import MAX_RESTARTS, Stack, _restart_workers
+
+    stack = Stack(
+        config=StackConfig(home=tmp_path, log_dir=tmp_path / "logs"),
+        redis_url="redis://unused",
+        database_url="sqlite://",
+        admin_key="k",
+        flower_auth="a:b",
+    )
+    stack.spawn("worker1", [sys.executable, "-c", "raise SystemExit(3)"])
+    restarts = 0
+    while True:
+        stack.procs["worker1"].wait(10)
+        if not _restart_workers(stack):
+            break
+        restarts += 1
+        assert restarts <= MAX_RESTARTS
+    assert restarts == MAX_RESTARTS  # then the crash loop is reported instead of hidden
+    stack.spawn("gateway", [sys.executable, "-c", "raise SystemExit(1)"])
+    stack.procs["gateway"].wait(10)
+    stack.restarts.clear()
+    assert not _restart_workers(stack)  # anything but a worker dying stops the stack
