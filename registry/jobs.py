@@ -218,6 +218,12 @@ def start(session: Session, *, job_ids: list[str], worker: str) -> dict[str, int
     return {job_id: attempts for job_id, attempts in session.execute(stmt)}
 
 
+def live_attempts(session: Session, *, job_ids: list[str]) -> dict[str, int]:
+    """id -> runs started so far, for the jobs still queued or running (ended ones are absent)."""
+    rows = session.execute(select(Job.id, Job.attempts).where(Job.id.in_(job_ids), Job.status.in_(_LIVE)))
+    return {job_id: attempts for job_id, attempts in rows}
+
+
 @dataclass(frozen=True)
 class Recorded:
     """A job as the registry holds it: what every delivery of it reports."""
@@ -311,13 +317,19 @@ def is_terminal(status: str) -> bool:
 
 
 def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[tuple[TaskJob, int]]:
-    """Jobs still queued since before ``older_than``, rebuilt as the message that should carry them,
-    with their priority."""
+    """Jobs still unfinished since before ``older_than`` (queued then, or started then), rebuilt as the
+    message that should carry them, with their priority. A job left ``running`` by a worker that gave
+    up (its database was down too long) is one of them; one whose message a live worker holds is
+    found by the reconciler and left alone."""
+    stale = or_(
+        (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
+        (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
+    )
     rows = session.execute(
         select(Job, Adapter.name, AdapterVersion)
         .join(Adapter, Adapter.id == Job.adapter_id)
         .join(AdapterVersion, AdapterVersion.id == Job.version_id)
-        .where(Job.status == JobStatus.QUEUED, Job.created_at < older_than)
+        .where(stale)
         .order_by(Job.created_at)
         .limit(limit)
     ).all()

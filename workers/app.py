@@ -93,6 +93,7 @@ class _RuntimeHolder:
                     max_attempts=settings.max_attempts,
                     # The loraq engine takes rows from several batches into its running batch.
                     in_flight=2 if settings.engine == "loraq" else 1,
+                    fault_kill_marker=settings.fault_kill_marker,
                 )
             return self._runtime
 

@@ -90,7 +90,7 @@ def reconcile_once(
     lost = set(missing((task.job_id for task, _ in stale), present))
     for task, priority in stale:
         if task.job_id in lost:
-            log.warning("job %s was queued with no message anywhere; publishing it again", task.job_id)
+            log.warning("job %s is unfinished with no message anywhere; publishing it again", task.job_id)
             publish(app, task, priority=priority)
     return sorted(lost)
 

@@ -8,6 +8,7 @@ outcome in one transaction.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from registry.schemas import GenerationResult, JobError, TaskJob
 from workers import metrics
 from workers.batcher import Batcher
 from workers.errors import EngineError
+from workers.gate import Gate
 from workers.generation import AdapterRef, Generator, GenRequest
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,18 @@ def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
     )
 
 
+def quarantined(attempts: int, max_attempts: int) -> RowFailure:
+    """A job whose runs all ended with its worker: it is not run again."""
+    return RowFailure(
+        code="job_quarantined",
+        message=(
+            f"this job was running each time its worker died ({attempts - 1} times); it is quarantined and will "
+            f"not run again (LORAQ_MAX_ATTEMPTS={max_attempts}). Check its prompt and adapter, then resubmit."
+        ),
+        retryable=False,
+    )
+
+
 def cost_shares(produced: Sequence[GenerationResult | RowFailure], run_time: float) -> list[float]:
     """The batch's time split over its rows by their tokens (a failed row weighs one token): what each
     job cost in worker-seconds. The shares add up to the batch's time."""
@@ -121,8 +135,11 @@ class Runtime:
         wait_s: float,
         max_attempts: int = 3,
         in_flight: int = 1,
+        fault_kill_marker: str | None = None,
     ) -> None:
         self.max_attempts = max_attempts
+        self.fault_kill_marker = fault_kill_marker
+        self.gate = Gate()
         self.generator = generator
         self.sessions = sessions
         self.worker_name = worker_name
@@ -149,20 +166,61 @@ class Runtime:
             metrics.ROWS_IN_FLIGHT.dec(len(tasks))
 
     def run_batch(self, tasks: Sequence[TaskJob]) -> list[TaskOutcome]:
+        """Run fresh rows as one batch; rows that were started before (their worker died, or they
+        failed unexpectedly) run one at a time with the engine to themselves, and are only then
+        counted as started, so a crash is charged to the row that was running alone."""
+        with transaction(self.sessions) as session:
+            before = jobs.live_attempts(session, job_ids=[t.job_id for t in tasks])
+        fresh = [t for t in tasks if before.get(t.job_id) == 0]
+        retry: set[str] = set()
+        if fresh:
+            with self.gate.shared():
+                retry |= self._run_rows(fresh)
+        for task in (t for t in tasks if before.get(t.job_id, 0) > 0):
+            with self.gate.exclusive():
+                retry |= self._run_rows([task])
+        with transaction(self.sessions) as session:
+            truth = jobs.recorded(session, [t.job_id for t in tasks])
+        return [
+            TaskOutcome(job_id=t.job_id, status="retry")
+            if t.job_id in retry
+            else self._outcome(t.job_id, truth.get(t.job_id))
+            for t in tasks
+        ]
+
+    def _run_rows(self, tasks: Sequence[TaskJob]) -> set[str]:
+        """Start, generate and record ``tasks``; returns the ids to run again (failed unexpectedly,
+        attempts left). A row past its attempts is quarantined instead of run."""
         with transaction(self.sessions) as session:
             attempts = jobs.start(session, job_ids=[t.job_id for t in tasks], worker=self.worker_name)
         runnable = [t for t in tasks if t.job_id in attempts]
         started = time.time()
-        produced = self._generate_isolating(runnable)
-        # A row that failed unexpectedly is retried (a new message) until max_attempts.
+        produced = [
+            quarantined(attempts[t.job_id], self.max_attempts) if attempts[t.job_id] > self.max_attempts else None
+            for t in runnable
+        ]
+        generated = iter(self._generate_isolating([t for t, p in zip(runnable, produced, strict=True) if p is None]))
+        results = [p if p is not None else next(generated) for p in produced]
         retry = {
             t.job_id
-            for t, r in zip(runnable, produced, strict=True)
+            for t, r in zip(runnable, results, strict=True)
             if isinstance(r, RowFailure) and r.retryable and attempts[t.job_id] < self.max_attempts
         }
-        finished = utcnow()
         run_time = time.time() - started
-        shares = cost_shares(produced, run_time)
+        self._record(runnable, results, retry=retry, started=started, run_time=run_time)
+        return retry
+
+    def _record(
+        self,
+        tasks: Sequence[TaskJob],
+        results: Sequence[GenerationResult | RowFailure],
+        *,
+        retry: set[str],
+        started: float,
+        run_time: float,
+    ) -> None:
+        finished = utcnow()
+        shares = cost_shares(results, run_time)
         outcomes = [
             jobs.Outcome(
                 job_id=t.job_id,
@@ -174,26 +232,17 @@ class Runtime:
                 error=JobError(code=r.code, message=r.message) if isinstance(r, RowFailure) else None,
                 worker_seconds=share,
             )
-            for t, r, share in zip(runnable, produced, shares, strict=True)
+            for t, r, share in zip(tasks, results, shares, strict=True)
             if t.job_id not in retry
         ]
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
-            truth = jobs.recorded(session, [t.job_id for t in tasks])
-        observe_batch(runnable, produced, retry=retry, started=started, run_time=run_time)
-        self._log_rows(runnable, produced, retry)
-        log.info(
-            "batch of %d rows (%d adapters) in %.3fs",
-            len(runnable),
-            len({t.version_id for t in runnable}),
-            run_time,
-        )
-        return [
-            TaskOutcome(job_id=t.job_id, status="retry")
-            if t.job_id in retry
-            else self._outcome(t.job_id, truth.get(t.job_id))
-            for t in tasks
-        ]
+        observe_batch(tasks, results, retry=retry, started=started, run_time=run_time)
+        self._log_rows(tasks, results, retry)
+        if tasks:
+            log.info(
+                "batch of %d rows (%d adapters) in %.3fs", len(tasks), len({t.version_id for t in tasks}), run_time
+            )
 
     def _log_rows(
         self, tasks: Sequence[TaskJob], produced: Sequence[GenerationResult | RowFailure], retry: set[str]
@@ -235,6 +284,9 @@ class Runtime:
 
     def _prepare(self, task: TaskJob) -> GenRequest | RowFailure:
         """The engine's request; chat messages are rendered with the base model's template here."""
+        if self.fault_kill_marker and self.fault_kill_marker in task.prompt:
+            log.critical("fault injection: job %s carries the kill marker; the worker exits", task.job_id)
+            os._exit(137)
         if task.messages is None:
             return to_request(task)
         try:

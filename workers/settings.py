@@ -53,6 +53,10 @@ class WorkerSettings(BaseSettings):
     adapter_cache_dir: Path | None = Field(
         default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
     )
+    fault_kill_marker: str | None = Field(
+        default=None,
+        description="Fault injection for tests and drills: a job whose prompt contains this text kills its worker.",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (/metrics); unset: off."
     )

@@ -39,11 +39,14 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     app = make_celery(redis_url)
-    lost, waiting, held, fresh, bulk = enqueue(session_factory, ["lost", "waiting", "held", "fresh", "bulk"])
+    names = ["lost", "waiting", "held", "fresh", "bulk", "abandoned"]
+    lost, waiting, held, fresh, bulk, abandoned = enqueue(session_factory, names)
     with transaction(session_factory) as session:  # all but "fresh" were accepted a minute ago
         old = utcnow() - timedelta(seconds=60)
-        stale = [lost.job_id, waiting.job_id, held.job_id, bulk.job_id]
+        stale = [lost.job_id, waiting.job_id, held.job_id, bulk.job_id, abandoned.job_id]
         session.execute(update(Job).where(Job.id.in_(stale)).values(created_at=old))
+        # started a minute ago by a worker that gave up on its database: running, with no message
+        session.execute(update(Job).where(Job.id == abandoned.job_id).values(status="running", started_at=old))
     publish(app, waiting, priority=6)  # still in its queue
     Publisher(redis_url).publish_chunks(
         [("chunk-1", [bulk.model_dump(mode="json")])], priority=Priority.BULK
@@ -53,11 +56,11 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
 
     again = reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1)
 
-    assert again == [lost.job_id]
+    assert again == sorted([lost.job_id, abandoned.job_id])
     queued = [
         i for key in client.keys(queue_name("upper") + "*") for m in client.lrange(key, 0, -1) for i in message_ids(m)
     ]
-    assert sorted(queued) == sorted([waiting.job_id, lost.job_id, "chunk-1", bulk.job_id])
+    assert sorted(queued) == sorted([waiting.job_id, lost.job_id, abandoned.job_id, "chunk-1", bulk.job_id])
     # Another worker's pass within the lock period does nothing.
     assert reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1) == []
     assert fresh.job_id not in queued

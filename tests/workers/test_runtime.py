@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import adapters, jobs, keys
@@ -173,3 +173,20 @@ def test_cost_shares_split_a_batchs_time_by_tokens_and_add_up_to_it() -> None:
     shares = cost_shares([ok, RowFailure(code="engine_error", message="x", retryable=False)], 2.0)
     assert shares == [1.6, 0.4] and sum(shares) == 2.0
     assert cost_shares([], 1.0) == []
+
+
+def test_a_job_that_was_running_each_time_its_worker_died_is_quarantined_and_its_mates_run(
+    session_factory: sessionmaker[Session], generator: PeftGenerator
+) -> None:
+    poison, mate, fresh = enqueue(session_factory, ["poison", "mate", "fresh"])
+    with transaction(session_factory) as session:  # three deliveries started and never ended
+        session.execute(update(Job).where(Job.id == poison.job_id).values(attempts=3, status="running"))
+        session.execute(update(Job).where(Job.id == mate.job_id).values(attempts=1, status="running"))
+    runtime = Runtime(generator=generator, sessions=session_factory, worker_name="w1", max_rows=8, wait_s=0)
+    outcomes = {o.job_id: o for o in runtime.run_batch([poison, mate, fresh])}
+    assert outcomes[poison.job_id].status == "failed"
+    assert outcomes[poison.job_id].error is not None and outcomes[poison.job_id].error.code == "job_quarantined"
+    assert outcomes[mate.job_id].status == "succeeded"  # a suspect, run alone, not punished
+    assert outcomes[fresh.job_id].status == "succeeded"
+    with session_factory() as session:
+        assert session.get(Job, poison.job_id).attempts == 4  # type: ignore[union-attr]
