@@ -78,10 +78,20 @@ def up(
     user = stack.flower_auth.split(":", 1)[0]
     console.print(f"[bold]loraq is up[/bold]\n  gateway  {stack.url}  (OpenAPI at {stack.url}/docs)")
     console.print(f"  flower   {stack.flower_url}  (user {user!r}, password in {home / 'flower.password'})")
-    console.print(f"  redis    {stack.redis_url}\n  database {stack.database_url}")
+    console.print(f"  redis    {redacted(stack.redis_url)}\n  database {redacted(stack.database_url)}")
     console.print(f"  metrics  {stack.url}/metrics" + _worker_metrics(config))
     console.print(f"  admin key in {home / 'admin.key'} (or LORAQ_ADMIN_KEY)\nCtrl-C to stop.")
     stack_mod.serve_forever(stack)
+
+
+def redacted(url: str) -> str:
+    """A URL safe to print: its password replaced (sqlalchemy's rendering, for any scheme)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def _worker_metrics(config: stack_mod.StackConfig) -> str:

@@ -144,3 +144,15 @@ def test_worker_and_gateway_log_json_lines_with_the_jobs_fields(loraq_stack: Run
     assert {x["tenant"] for x in accepted} == {"_admin"}
     assert all(x["worker"].startswith("worker1@") and x["version"] == 1 and x["job_id"] for x in succeeded)
     assert {x["job_id"] for x in accepted} >= {x["job_id"] for x in succeeded}
+
+
+def test_no_secret_reaches_the_logs(loraq_stack: RunningStack, ran: dict[str, int]) -> None:
+    with loraq_stack.client() as http:
+        key = http.post("/v1/admin/keys", json={"tenant": "log-check"}).json()["key"]
+    with loraq_stack.client(key) as http:
+        assert http.post("/v1/jobs", json={"adapter": ADAPTER, "prompt": "secret check", "max_tokens": 4}).is_success
+    with loraq_stack.client(key[:-4] + "XXXX") as http:  # a wrong key is refused, and not written down either
+        assert http.get("/v1/adapters").status_code == 401
+    text = loraq_stack.logs() + loraq_stack.log.read_text(errors="replace")
+    for secret in (loraq_stack.admin_key, loraq_stack.flower_auth[1], key, key[:-4] + "XXXX"):
+        assert secret not in text

@@ -70,3 +70,10 @@ def test_a_dead_worker_is_restarted_until_it_crash_loops(tmp_path: Path) -> None
     stack.procs["gateway"].wait(10)
     stack.restarts.clear()
     assert not _restart_workers(stack)  # anything but a worker dying stops the stack
+
+
+def test_urls_are_printed_without_their_passwords() -> None:
+    from gateway.cli import redacted
+
+    assert redacted("postgresql://loraq:s3cret@db:5432/loraq") == "postgresql://loraq:***@db:5432/loraq"
+    assert "pw" not in redacted("redis://:pw@127.0.0.1:6379/0")
