@@ -16,11 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from gateway.stack import free_port, redis_binary
+from registry.migrate import upgrade
 from registry.models import Job
 from tests.fixtures.stack import Pipeline, pipeline
+from tests.fixtures.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e]
 
@@ -108,3 +110,36 @@ def test_redis_restarted_under_load_every_accepted_job_ends_once_and_refusals_ar
     assert counts == {"succeeded": 200}, counts
     assert set(rows) == set(accepted)  # nothing refused was recorded, nothing accepted was lost
     assert max(refused) < 2.0, refused
+
+
+def test_database_cut_off_from_the_worker_results_are_recorded_when_it_returns(
+    tmp_path: Path, redis_url: str, postgres_schema_url: str
+) -> None:
+    upgrade(postgres_schema_url)
+    proxy_port = free_port()
+    proxy = TcpProxy(target=("127.0.0.1", make_url(postgres_schema_url).port or 5432), port=proxy_port)
+    proxy.restore()
+    through_proxy = make_url(postgres_schema_url).set(port=proxy_port).render_as_string(hide_password=False)
+    try:
+        with pipeline(tmp_path, redis_url, database_url=postgres_schema_url) as p:
+            p.register_demo_adapter("upper", "upper")
+            p.spawn_worker("w1", LORAQ_DATABASE_URL=through_proxy, **FAST)
+            ids = [p.submit("upper", f"job {i}", max_tokens=24) for i in range(60)]
+            deadline = time.monotonic() + 120
+            while p.statuses().get("succeeded", 0) < 10:
+                assert time.monotonic() < deadline, p.statuses()
+                time.sleep(0.1)
+            proxy.cut()  # the worker loses its database mid-run
+            time.sleep(8)
+            during = p.statuses()
+            proxy.restore()
+            counts = p.wait_terminal(60, timeout=240)
+            with p.sessions() as s:
+                rows = {j.id: j for j in s.scalars(select(Job))}
+        log = (tmp_path / "logs" / "w1.log").read_text(errors="replace")
+    finally:
+        proxy.cut()
+    assert during.get("succeeded", 0) < 60  # the cut came before the end
+    assert counts == {"succeeded": 60}, counts
+    assert set(rows) == set(ids) and all(rows[i].text for i in ids)
+    assert "OperationalError" in log  # the worker felt the outage and retried
