@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest clean
+.PHONY: install demo test lint typecheck model audit lock bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
+
+# The locked dependency set (what `make install` resolved), and a scan of it for known
+# vulnerabilities (needs PyPI's vulnerability data or osv.dev, so it is not part of `make test`).
+lock: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > .ci/requirements.lock
+
+audit: install
+	$(VENV)/bin/pip-audit -r .ci/requirements.lock --no-deps --disable-pip --progress-spinner off
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
