@@ -48,6 +48,7 @@ def test_tenants_see_and_touch_only_their_own_jobs_and_private_adapters(tmp_path
         ("POST", "/v1/admin/keys", {"tenant": "acme"}),
         ("DELETE", "/v1/admin/keys/lq-0000000", None),
         ("PUT", "/v1/admin/tenants/acme", {"max_queued_jobs": 1}),
+        ("GET", "/v1/admin/status", None),
     ],
 )
 def test_admin_endpoints_refuse_tenant_keys(
