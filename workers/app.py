@@ -176,6 +176,7 @@ app.steps["consumer"].add(
         ),
         plan_interval=settings.plan_interval_ms / 1000,
         refresh_interval=settings.queue_refresh_s,
+        chunk_jobs=settings.bulk_chunk_jobs,
     )
 )
 

@@ -57,6 +57,43 @@ def plan(
     return sorted(want - ours), sorted(ours - want)
 
 
+def prefetch_for(states: Sequence[QueueState], *, consuming: Collection[str], initial: int, chunk_jobs: int) -> int:
+    """Messages the worker may hold: ``initial`` (rows' worth of single-job messages), or, while the
+    queues it consumes wait with bulk chunks only, as many chunks as hold about the same jobs.
+
+    A chunk carries ``chunk_jobs`` jobs; at the full prefetch a worker would reserve ``initial`` of
+    them (hundreds of jobs over many adapters), mixing more adapters into its batches than it has
+    slots and leaving other workers nothing to take. Any interactive message keeps the full
+    prefetch, so its latency does not suffer."""
+    mine = [s for s in states if queue_name(s.adapter) in consuming]
+    interactive = sum(s.interactive for s in mine)
+    bulk = sum(s.depth - s.interactive for s in mine)
+    if interactive or not bulk or chunk_jobs <= 1:
+        return initial
+    return max(2, math.ceil(initial / chunk_jobs))
+
+
+class PrefetchControl:
+    """Moves a consumer's prefetch (a kombu ``QoS``) by differences only, so Celery's own
+    adjustments (it raises the prefetch while it holds ETA tasks) stay as they are."""
+
+    def __init__(self) -> None:
+        self.reduced = 0  # how far this control has lowered the prefetch
+
+    def apply(self, qos: Any, *, initial: int, want: int) -> bool:
+        """Aim at ``want`` messages; returns whether the prefetch changed."""
+        delta = (initial - want) - self.reduced
+        if not delta:
+            return False
+        if delta > 0:
+            qos.decrement_eventually(delta)
+        else:
+            qos.increment_eventually(-delta)
+        self.reduced += delta
+        qos.update()
+        return True
+
+
 class AdapterNames:
     """The routed adapter names: re-read (with a heartbeat) every ``interval`` seconds, and at once
     whenever the route epoch moved."""
@@ -97,6 +134,7 @@ def make_sticky_consumer(
     config: StickyConfig,
     plan_interval: float,
     refresh_interval: float,
+    chunk_jobs: int = 16,
 ) -> type[bootsteps.StartStopStep]:
     class StickyConsumer(bootsteps.StartStopStep):  # type: ignore[misc]
         requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -104,6 +142,7 @@ def make_sticky_consumer(
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.tref: Any = None
+            self.prefetch = PrefetchControl()
             self.names = AdapterNames(read=adapters, epoch=routes_epoch, heartbeat=heartbeat, interval=refresh_interval)
 
         def start(self, c: Any) -> None:
@@ -119,7 +158,8 @@ def make_sticky_consumer(
             try:
                 names = self.names.current()
                 consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
-                add, cancel = plan(states(names), resident=resident(), consuming=consuming, config=config)
+                seen = states(names)
+                add, cancel = plan(seen, resident=resident(), consuming=consuming, config=config)
             except Exception:  # Redis or the registry briefly unreachable: try next tick
                 log.warning("sticky consumer tick failed", exc_info=True)
                 return
@@ -129,5 +169,9 @@ def make_sticky_consumer(
             for queue in cancel:
                 log.info("no longer consuming %s", queue)
                 c.cancel_task_queue(queue)
+            now_consuming = (consuming | set(add)) - set(cancel)
+            self.set_prefetch(
+                c, prefetch_for(seen, consuming=now_consuming, initial=c.initial_prefetch_count, chunk_jobs=chunk_jobs)
+            )
 
     return StickyConsumer

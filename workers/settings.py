@@ -53,6 +53,9 @@ class WorkerSettings(BaseSettings):
     adapter_cache_dir: Path | None = Field(
         default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
     )
+    bulk_chunk_jobs: int = Field(
+        default=16, ge=1, le=256, description="Jobs per bulk message (set it as on the gateway): sizes the prefetch."
+    )
     fault_kill_marker: str | None = Field(
         default=None,
         description="Fault injection for tests and drills: a job whose prompt contains this text kills its worker.",

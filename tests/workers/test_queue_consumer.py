@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from registry.queues import queue_name
 from workers.queue_consumer import plan
 from workers.sticky import QueueState, StickyConfig
 
@@ -61,3 +62,30 @@ def test_adapter_names_are_reread_at_once_when_the_route_epoch_moves() -> None:
     assert names.current() == ["a2"] and len(beats) == 1  # a route change: read at once, no heartbeat
     now[0] = 1.5
     assert names.current() == ["a3"] and len(beats) == 2  # on schedule again
+
+
+def test_bulk_only_backlog_lowers_the_prefetch_to_a_few_chunks_and_interactive_restores_it() -> None:
+    from workers.queue_consumer import prefetch_for
+
+    bulk = [QueueState(adapter="a", depth=40, oldest_age_s=5.0), QueueState(adapter="b", depth=9, oldest_age_s=1.0)]
+    mine = {queue_name("a"), queue_name("b")}
+    assert prefetch_for(bulk, consuming=mine, initial=48, chunk_jobs=16) == 3  # 3 chunks = 48 jobs
+    assert prefetch_for(bulk, consuming=mine, initial=48, chunk_jobs=1) == 48
+    assert prefetch_for(bulk, consuming=set(), initial=48, chunk_jobs=16) == 48  # not ours: nothing to size
+    mixed = [*bulk, QueueState(adapter="c", depth=2, oldest_age_s=1.0, interactive=1)]
+    assert prefetch_for(mixed, consuming=mine | {queue_name("c")}, initial=48, chunk_jobs=16) == 48
+
+
+def test_prefetch_moves_by_differences_and_keeps_celerys_own_adjustments() -> None:
+    from kombu.common import QoS
+
+    from workers.queue_consumer import PrefetchControl
+
+    applied: list[int] = []
+    qos = QoS(lambda prefetch_count: applied.append(prefetch_count), 48)
+    control = PrefetchControl()
+    assert control.apply(qos, initial=48, want=3) and qos.value == 3 and applied[-1] == 3
+    qos.increment_eventually(2)  # Celery holds two ETA tasks
+    qos.update()
+    assert not control.apply(qos, initial=48, want=3)  # already aimed there: untouched
+    assert control.apply(qos, initial=48, want=48) and qos.value == 50 and applied[-1] == 50
