@@ -94,6 +94,16 @@ class PrefetchControl:
         return True
 
 
+def resize_prefetch(
+    c: Any, control: PrefetchControl, seen: Sequence[QueueState], consuming: set[str], *, chunk_jobs: int
+) -> None:
+    """Aim the Celery consumer ``c``'s prefetch at what the queues it now consumes call for."""
+    initial = c.initial_prefetch_count
+    want = prefetch_for(seen, consuming=consuming, initial=initial, chunk_jobs=chunk_jobs)
+    if c.qos is not None and control.apply(c.qos, initial=initial, want=want):
+        log.info("prefetch now %d messages", c.qos.value)
+
+
 class AdapterNames:
     """The routed adapter names: re-read (with a heartbeat) every ``interval`` seconds, and at once
     whenever the route epoch moved."""
@@ -169,9 +179,6 @@ def make_sticky_consumer(
             for queue in cancel:
                 log.info("no longer consuming %s", queue)
                 c.cancel_task_queue(queue)
-            now_consuming = (consuming | set(add)) - set(cancel)
-            self.set_prefetch(
-                c, prefetch_for(seen, consuming=now_consuming, initial=c.initial_prefetch_count, chunk_jobs=chunk_jobs)
-            )
+            resize_prefetch(c, self.prefetch, seen, (consuming | set(add)) - set(cancel), chunk_jobs=chunk_jobs)
 
     return StickyConsumer
