@@ -27,10 +27,10 @@ from registry.adapters import ResolvedAdapter
 from registry.batch_lines import BatchLine, LineError
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.files import get as get_file
-from registry.jobs import task_for
-from registry.models import Adapter, AdapterVersion, BatchLineError, BatchRow, Job, Tenant, utcnow
+from registry.jobs import rebuilt_task, with_versions
+from registry.models import BatchLineError, BatchRow, Job, Tenant, utcnow
 from registry.openai_schemas import ENDPOINTS
-from registry.schemas import JobCreate, JobStatus, Priority, SamplingParams
+from registry.schemas import JobStatus, Priority, SamplingParams
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")
 MAX_WINDOW_H = 168
@@ -303,9 +303,7 @@ def mark_published(session: Session, *, batch_id: str, upto_line: int) -> None:
 def unpublished(session: Session, *, batch: BatchRow) -> list[dict[str, Any]]:
     """Queued jobs of lines ingested but not known to be published (a gateway died in between)."""
     rows = session.execute(
-        select(Job, Adapter.name, AdapterVersion)
-        .join(Adapter, Adapter.id == Job.adapter_id)
-        .join(AdapterVersion, AdapterVersion.id == Job.version_id)
+        with_versions()
         .where(
             Job.batch_id == batch.id,
             Job.status == JobStatus.QUEUED.value,
@@ -314,14 +312,7 @@ def unpublished(session: Session, *, batch: BatchRow) -> list[dict[str, Any]]:
         )
         .order_by(Job.line_no)
     ).all()
-    return [
-        task_for(
-            job,
-            ResolvedAdapter(job.adapter_id, name, version.id, version.version, version.uri, version.sha256),
-            JobCreate.model_validate(job.request),
-        ).model_dump(mode="json", exclude_defaults=True)
-        for job, name, version in rows
-    ]
+    return [rebuilt_task(job, name, v).model_dump(mode="json", exclude_defaults=True) for job, name, v in rows]
 
 
 # --- progress and the end -------------------------------------------------------------------

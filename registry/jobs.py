@@ -325,22 +325,20 @@ def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -
         (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
         (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
     )
-    rows = session.execute(
+    rows = session.execute(with_versions().where(stale).order_by(Job.created_at).limit(limit)).all()
+    return [(rebuilt_task(job, name, version), job.priority) for job, name, version in rows]
+
+
+def with_versions() -> Select[Job, str, AdapterVersion]:
+    """Jobs with what it takes to rebuild their messages: the adapter's name and the version row."""
+    return (
         select(Job, Adapter.name, AdapterVersion)
         .join(Adapter, Adapter.id == Job.adapter_id)
         .join(AdapterVersion, AdapterVersion.id == Job.version_id)
-        .where(stale)
-        .order_by(Job.created_at)
-        .limit(limit)
-    ).all()
-    return [
-        (
-            task_for(
-                job,
-                ResolvedAdapter(job.adapter_id, name, version.id, version.version, version.uri, version.sha256),
-                JobCreate.model_validate(job.request),
-            ),
-            job.priority,
-        )
-        for job, name, version in rows
-    ]
+    )
+
+
+def rebuilt_task(job: Job, name: str, version: AdapterVersion) -> TaskJob:
+    """The message a recorded job should travel in (to publish it again)."""
+    resolved = ResolvedAdapter(job.adapter_id, name, version.id, version.version, version.uri, version.sha256)
+    return task_for(job, resolved, JobCreate.model_validate(job.request))

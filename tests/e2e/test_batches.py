@@ -125,6 +125,17 @@ def answer_text(line: dict[str, Any]) -> str:
     return text
 
 
+def start_batch(p: Pipeline, data: bytes) -> dict[str, Any]:
+    """A worker, the demo skills, and a chat batch over ``data``."""
+    p.spawn_worker("w1")
+    for skill in SKILLS:
+        p.register_demo_adapter(skill, skill)
+    batch: dict[str, Any] = p.http.post(
+        "/v1/batches", json={"input_file_id": upload(p.http, data), "endpoint": "/v1/chat/completions"}
+    ).json()
+    return batch
+
+
 def kill_gateway_mid_ingest(p: Pipeline, batch_id: str, total_lines: int) -> int:
     """SIGKILL the gateway once some lines are recorded and not all; start it again. Returns the lines read then."""
     deadline = time.monotonic() + 60
@@ -150,12 +161,7 @@ def test_bulk_file_with_bad_lines_survives_a_gateway_killed_mid_ingest(tmp_path:
     raw, good, bad = make_file(5000, bad_every=50)
     data = single_endpoint(raw)
     with pipeline(tmp_path, redis_url, gateway_env=GATEWAY_ENV) as p:
-        p.spawn_worker("w1")
-        for skill in SKILLS:
-            p.register_demo_adapter(skill, skill)
-        batch = p.http.post(
-            "/v1/batches", json={"input_file_id": upload(p.http, data), "endpoint": "/v1/chat/completions"}
-        ).json()
+        batch = start_batch(p, data)
         at_kill = kill_gateway_mid_ingest(p, batch["id"], 5000)
         done = wait_batch(p.http, batch["id"], statuses=("completed", "failed"), timeout=400)
 
@@ -181,12 +187,7 @@ def test_cancelling_a_running_batch_ends_every_line_once(tmp_path: Path, redis_u
     raw, good, _ = make_file(3000, bad_every=10_000)
     data = single_endpoint(raw)
     with pipeline(tmp_path, redis_url, gateway_env=GATEWAY_ENV) as p:
-        p.spawn_worker("w1")
-        for skill in SKILLS:
-            p.register_demo_adapter(skill, skill)
-        batch = p.http.post(
-            "/v1/batches", json={"input_file_id": upload(p.http, data), "endpoint": "/v1/chat/completions"}
-        ).json()
+        batch = start_batch(p, data)
         deadline = time.monotonic() + 120
         while p.http.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] < 50:
             assert time.monotonic() < deadline
