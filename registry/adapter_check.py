@@ -53,7 +53,14 @@ def local_path(uri: str) -> Path:
     """A local directory from a plain path or a ``file://`` URI; other schemes are refused here."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path) if parsed.scheme else uri).expanduser()
+        path = Path(unquote(parsed.path) if parsed.scheme else uri)
+        try:
+            return path.expanduser()
+        except RuntimeError:  # "~someone" with no such user (found by the schema fuzzer)
+            raise InvalidAdapter(
+                f"{uri!r} names the home of a user this server does not have; give an absolute path.",
+                code="adapter_uri_unsupported",
+            ) from None
     raise InvalidAdapter(
         f"URI scheme {parsed.scheme!r} is not supported; give a local directory or a file:// URI.",
         code="adapter_uri_unsupported",

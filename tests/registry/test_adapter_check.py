@@ -210,3 +210,12 @@ def test_a_gpt2_adapter_on_conv1d_modules_is_accepted_against_its_base(tmp_path:
     with pytest.raises(InvalidAdapter) as refused:  # and a Llama adapter is still refused on it
         validate_adapter(str(DEMO_MODEL / "adapters" / "upper"), base_dir=base, max_bytes=MAX_BYTES)
     assert refused.value.code == "adapter_base_mismatch"
+
+
+def test_a_home_directory_of_an_unknown_user_is_refused_with_a_code() -> None:
+    from registry.adapter_check import local_path
+    from registry.errors import InvalidAdapter
+
+    with pytest.raises(InvalidAdapter) as refused:
+        local_path("~0")  # found by the schema fuzzer: a 500 before
+    assert refused.value.code == "adapter_uri_unsupported"
