@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,6 +11,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.settings import DatabaseSettings
 from workers.settings import DEMO_BASE  # torch-free
+
+
+@functools.lru_cache(maxsize=8)
+def recorded_name(base_model: Path) -> str:
+    try:
+        name = json.loads((base_model / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError):
+        name = None
+    return str(name or base_model.name)
 
 
 class GatewaySettings(BaseSettings):
@@ -55,12 +65,9 @@ class GatewaySettings(BaseSettings):
 
     def base_model_name(self) -> str:
         """The base's recorded name (``_name_or_path`` in its config.json), else its directory name;
-        OpenAI requests may name it as ``model`` to run without an adapter."""
-        try:
-            name = json.loads((self.base_model / "config.json").read_text()).get("_name_or_path")
-        except (OSError, ValueError):
-            name = None
-        return str(name or self.base_model.name)
+        OpenAI requests may name it as ``model`` to run without an adapter. Read once per path: it is
+        asked on every OpenAI request."""
+        return recorded_name(self.base_model)
 
     def files_path(self) -> Path:
         return self.files_dir or self.db.home / "files"

@@ -37,7 +37,6 @@ MAX_WINDOW_H = 168
 _SAMPLING_FIELDS = frozenset(SamplingParams.model_fields)
 ACTIVE = ("validating", "in_progress")  # lines may still be read
 DRAINING = ("in_progress", "cancelling")  # waiting for jobs to end
-FINAL = ("completed", "failed", "expired", "cancelled")
 _LIVE_JOBS = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 

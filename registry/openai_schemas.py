@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -220,8 +220,3 @@ def stream_chunks(
             {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(result)}
         )
     return chunks
-
-
-BatchStatus = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
