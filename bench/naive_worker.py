@@ -18,10 +18,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from registry.adapter_check import WEIGHTS_FILE, local_path
+from registry.artifacts.checks import WEIGHTS_FILE
+from registry.artifacts.uri import local_path
 from registry.db import engine_from_settings, session_factory
 from registry.schemas import GenerationResult
-from workers.celery_app import make_celery
+from workers.contract.celery_app import Role, make_celery
 from workers.decoding import finish_row
 from workers.errors import AdapterLoadFailed
 from workers.generation import AdapterRef, GenRequest
@@ -99,7 +100,7 @@ class NaiveGenerator:
 
 
 settings = WorkerSettings()
-app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+app = make_celery(settings.queue, role=Role.WORKER)
 app.conf.update(worker_pool="solo", worker_concurrency=1)
 _runtime = Runtime(
     generator=NaiveGenerator(settings),

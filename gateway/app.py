@@ -11,11 +11,11 @@ from gateway import errors, metrics
 from gateway.batch_supervisor import BatchSupervisor
 from gateway.body_limit import BodyLimit
 from gateway.limits import ModelLimits
-from gateway.publisher import Publisher
 from gateway.routes import adapters, batches, files, health, jobs, keys, openai, status, tenants, usage
 from gateway.settings import GatewaySettings
 from registry import logs
 from registry.db import engine_from_settings, session_factory
+from workers.contract.messages import fail_fast_publisher
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -37,13 +37,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
-    app.state.publisher = Publisher(settings.redis_url)
+    app.state.publisher = fail_fast_publisher(settings.queue)
     app.state.limits = ModelLimits.from_model_dir(settings.base_model)
     app.state.batches = BatchSupervisor(
         sessions=app.state.sessions, publisher=app.state.publisher, settings=settings, limits=app.state.limits
     )
     errors.install(app)
-    metrics.install(app, sessions=app.state.sessions, redis_url=settings.redis_url)
+    metrics.install(app, sessions=app.state.sessions, redis_url=settings.queue.redis_url)
     routers = (health, jobs, openai, files, batches, adapters, keys, tenants, status, usage)
     for module in routers:
         app.include_router(module.router)

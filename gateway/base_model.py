@@ -10,10 +10,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from gateway.deps import ADMIN_TENANT
-from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import adapters, keys
 from registry.adapters import BASE_ADAPTER
+from workers.contract.messages import Publisher
 
 
 def aliases(settings: GatewaySettings) -> dict[str, str]:

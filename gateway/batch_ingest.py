@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import base_model
 from gateway.limits import ModelLimits, check_job
-from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import batches, files
 from registry.adapters import BASE_ADAPTER, ResolvedAdapter, Resolver
@@ -29,6 +28,7 @@ from registry.batch_lines import BatchLine, LineError, parse_line
 from registry.errors import LoraqError
 from registry.models import BatchRow, FileRow, Tenant
 from registry.schemas import Priority
+from workers.contract.messages import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Ingester:
 
     def _publish(self, batch_id: str, tasks: Sequence[dict[str, Any]], *, upto_line: int) -> None:
         """Publish, then note it. A failure leaves the gap for the next pass (the jobs are recorded)."""
-        chunks = [(f"chunk-{c[0]['job_id']}", c) for c in chunks_of(tasks, self.settings.bulk_chunk_jobs)]
+        chunks = [(f"chunk-{c[0]['job_id']}", c) for c in chunks_of(tasks, self.settings.queue.bulk_chunk_jobs)]
         self.publisher.publish_chunks(chunks, priority=Priority.BULK)
         with self.sessions() as session, session.begin():
             batches.mark_published(session, batch_id=batch_id, upto_line=upto_line)

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.batch_ingest import Ingester
 from gateway.limits import ModelLimits
-from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import batches
 from registry.batch_output import finalize
 from registry.models import BatchRow, utcnow
+from workers.contract.messages import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.limits import ModelLimits
-from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import keys
 from registry.errors import Forbidden, Unauthenticated
 from registry.models import Tenant
+from workers.contract.messages import Publisher
 
 ADMIN_TENANT = "_admin"  # tenant names of keys cannot start with "_", so no key can join it
 _bearer = HTTPBearer(auto_error=False)

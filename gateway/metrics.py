@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import status
 from registry.models import Adapter, AdapterVersion, BatchRow, Job, utcnow
-from workers import heartbeat
-from workers.queue_state import read_states
+from workers.contract import heartbeat
+from workers.contract.broker import read_states
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class FleetCollector(Collector):
         records = heartbeat.read_all(self.client)
         workers.add_metric([], len(records))
         for record in records:
-            age.add_metric([record["name"]], max(0.0, time.time() - float(record["at"])))
-            resident.add_metric([record["name"]], len(record.get("resident", [])))
+            age.add_metric([record.name], record.age_s())
+            resident.add_metric([record.name], len(record.resident))
         return [messages, workers, age, resident]
 
 

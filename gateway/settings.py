@@ -10,7 +10,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.settings import DatabaseSettings
-from workers.settings import DEMO_BASE  # torch-free
+from workers.contract.settings import QueueSettings
+from workers.demo_model import DEMO_ADAPTERS, DEMO_BASE
 
 
 @functools.lru_cache(maxsize=8)
@@ -28,7 +29,6 @@ class GatewaySettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key of the admin tenant; admin endpoints refuse all when unset."
     )
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker the jobs are published to.")
     base_model: Path = Field(default=DEMO_BASE, description="Base model directory adapters are checked against.")
     max_prompt_chars: int = Field(default=32_768, ge=1)
     max_tokens_limit: int = Field(default=4096, ge=1, description="Largest max_tokens a job may ask for.")
@@ -37,9 +37,6 @@ class GatewaySettings(BaseSettings):
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest long-poll of GET /v1/jobs/{id}?wait=.")
     max_file_bytes: int = Field(default=512 << 20, ge=1024, description="Largest Batch API file upload.")
     files_dir: Path | None = Field(default=None, description="Where Batch API files live; default $LORAQ_HOME/files.")
-    bulk_chunk_jobs: int = Field(
-        default=16, ge=1, le=256, description="Jobs of one adapter per queue message, for bulk files."
-    )
     ingest_chunk_lines: int = Field(
         default=2000, ge=1, le=100_000, description="Lines of a bulk file recorded per transaction."
     )
@@ -56,12 +53,13 @@ class GatewaySettings(BaseSettings):
         "from (JSON list); default: the demo adapters and $LORAQ_HOME/adapters.",
     )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)  # Redis URL, chunk size: the workers read the same
 
     def roots(self) -> list[str]:
         """Where registered adapters may live; nothing outside them is read."""
         if self.adapter_roots is not None:
             return self.adapter_roots
-        return [str(DEMO_BASE.parent / "adapters"), str(self.db.home / "adapters")]
+        return [str(DEMO_ADAPTERS), str(self.db.home / "adapters")]
 
     def base_model_name(self) -> str:
         """The base's recorded name (``_name_or_path`` in its config.json), else its directory name;

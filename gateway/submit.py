@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import base_model
 from gateway.limits import ModelLimits, check_job
-from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from registry import adapters, jobs, quotas
 from registry.adapters import ResolvedAdapter
 from registry.models import Job, Tenant
 from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
+from workers.contract.messages import Publisher
 
 log = logging.getLogger(__name__)
 

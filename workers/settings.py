@@ -9,14 +9,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.settings import DatabaseSettings
-
-DEMO_BASE = Path(__file__).resolve().parent / "demo_model" / "base"
+from workers.contract.settings import QueueSettings
+from workers.demo_model import DEMO_BASE
 
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
 
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Broker and result backend.")
     base_model: Path = Field(default=DEMO_BASE, description="Local Hugging Face model directory.")
     device: str = Field(default="cpu", description="torch device of the engine, e.g. cuda:0.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -28,11 +27,6 @@ class WorkerSettings(BaseSettings):
     )
     plan_interval_ms: int = Field(
         default=100, ge=10, le=10_000, description="How often the worker re-plans which adapter queues it consumes."
-    )
-    visibility_timeout_s: int = Field(
-        default=20,
-        ge=5,
-        description="A dead worker's messages go back to their queue after this; live ones are kept by heartbeats.",
     )
     reconcile_interval_s: float = Field(
         default=10.0, gt=0, description="How often one worker re-publishes queued jobs whose message was lost."
@@ -53,9 +47,6 @@ class WorkerSettings(BaseSettings):
     adapter_cache_dir: Path | None = Field(
         default=None, description="Disk cache of adapters from remote stores; default $LORAQ_HOME/adapter-cache."
     )
-    bulk_chunk_jobs: int = Field(
-        default=16, ge=1, le=256, description="Jobs per bulk message (set it as on the gateway): sizes the prefetch."
-    )
     fault_kill_marker: str | None = Field(
         default=None,
         description="Fault injection for tests and drills: a job whose prompt contains this text kills its worker.",
@@ -65,8 +56,9 @@ class WorkerSettings(BaseSettings):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port binds (0.0.0.0 in compose).")
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)  # what the gateway must agree on
 
     @property
     def reconcile_grace_s(self) -> float:
         """A queued job is looked for only after a dead worker's messages are surely back in their queue."""
-        return 2 * self.visibility_timeout_s + 10
+        return 2 * self.queue.visibility_timeout_s + 10

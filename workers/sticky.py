@@ -1,7 +1,7 @@
 """Which adapter queues a worker consumes: the adapter-sticky policy.
 
 Pure function over plain data (no Redis, no Celery, no torch). The
-consumer bootstep (``workers.queue_consumer``) feeds it the queues' state and
+consumer bootstep (``workers.services.planner``) feeds it the queues' state and
 the adapters resident in the engine, and consumes exactly what it returns.
 
 The rules, in order:
@@ -33,15 +33,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class QueueState:
-    """One adapter queue as the worker sees it at a decision point."""
-
-    adapter: str
-    depth: int  # messages waiting, all priorities
-    oldest_age_s: float  # age of the oldest waiting message; 0 when empty
-    interactive: int = 0  # messages waiting at interactive priority
+from workers.contract.broker import QueueState
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import OperationalError
 
-from registry.queues import RUN_CHUNK_TASK, RUN_JOB_TASK
 from registry.schemas import Priority, TaskJob
-from workers.reconcile import publish
+from workers.contract.messages import Publisher, argsrepr_for
+from workers.contract.names import RUN_CHUNK_TASK, RUN_JOB_TASK
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ RETRY_DELAY_S = 1.0  # before a job that failed unexpectedly runs again (its att
 DB_RETRIES = 150  # five minutes of database outage before the message is given up
 
 
-def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
+def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Publisher) -> None:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(self: Any, payload: dict[str, Any]) -> dict[str, object]:
         job_id: str = self.request.id
@@ -34,7 +34,9 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
             outcome = runtime().run(task)
         except OperationalError as exc:
             # The registry is unreachable: put the job back rather than lose it.
-            raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
+            raise self.retry(
+                exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES, argsrepr=argsrepr_for(payload)
+            ) from exc
         except Exception as exc:
             # Anything else would be acknowledged with the row left live forever:
             # record the failure on the job (exactly once) and report it.
@@ -42,7 +44,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
             message = f"{type(exc).__name__}: {exc}"[:2000]
             return runtime().fail(job_id, code="worker_error", message=message).as_celery_result()
         if outcome.status == "retry":  # the row failed unexpectedly and has attempts left
-            raise self.retry(countdown=RETRY_DELAY_S, max_retries=None)
+            raise self.retry(countdown=RETRY_DELAY_S, max_retries=None, argsrepr=argsrepr_for(payload))
         return outcome.as_celery_result()
 
     @app.task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
@@ -53,11 +55,13 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime]) -> None:
             tasks = [TaskJob.model_validate(p) for p in payload]
             outcomes = runtime().run_many(tasks)
         except OperationalError as exc:
-            raise self.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
+            raise self.retry(
+                exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES, argsrepr=argsrepr_for(payload)
+            ) from exc
         except Exception as exc:
             log.exception("chunk %s failed in the worker", self.request.id)
             return fail_chunk(runtime(), payload, exc)
-        return requeue_retries(app, tasks, [o.status for o in outcomes])
+        return requeue_retries(publisher, tasks, [o.status for o in outcomes])
 
 
 def fail_chunk(runtime: Runtime, payload: list[dict[str, Any]], exc: Exception) -> dict[str, object]:
@@ -69,10 +73,11 @@ def fail_chunk(runtime: Runtime, payload: list[dict[str, Any]], exc: Exception) 
     return {"jobs": len(payload), "statuses": {"failed": len(job_ids)}}
 
 
-def requeue_retries(app: Celery, tasks: list[TaskJob], statuses: list[str]) -> dict[str, object]:
+def requeue_retries(publisher: Publisher, tasks: list[TaskJob], statuses: list[str]) -> dict[str, object]:
+    """A chunk's job to retry goes back to its queue alone, as the same message the gateway sends."""
     counts: dict[str, int] = {}
     for task, status in zip(tasks, statuses, strict=True):
         if status == "retry":
-            publish(app, task, priority=int(Priority.BULK))
+            publisher.publish(task, priority=Priority.BULK)
         counts[status] = counts.get(status, 0) + 1
     return {"jobs": len(tasks), "statuses": counts}

@@ -8,14 +8,15 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, SettingsDep
-from gateway.remote import is_remote, validate_remote
 from registry import adapters, keys, routes
-from registry.adapter_check import validate_adapter
+from registry.artifacts.checks import validate_adapter
+from registry.artifacts.remote import validate_remote
+from registry.artifacts.uri import is_remote, uri_of
 from registry.errors import Conflict
 from registry.models import Adapter, Tenant
-from registry.queues import queue_name
 from registry.schemas import AdapterCreate, AdapterVersionView, AdapterView, RouteSet, ShadowSpec, VersionStats
 from registry.stats import version_stats
+from workers.contract.names import queue_name
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -76,7 +77,7 @@ def register_adapter(
         info = validate_adapter(
             body.uri, base_dir=settings.base_model, max_bytes=settings.max_adapter_bytes, roots=settings.local_roots()
         )
-        uri = info.path.as_uri()
+        uri = uri_of(info.path)
     with session.begin():
         base = adapters.ensure_base_model(session, name=settings.base_model_name(), path=str(settings.base_model))
         adapters.register_version(

@@ -13,15 +13,15 @@ from gateway.deps import AdminTenant, SessionsDep, SettingsDep
 from registry import status
 from registry.adapters import active_adapter_names
 from registry.models import utcnow
-from workers import heartbeat
-from workers.queue_state import read_states
+from workers.contract import heartbeat
+from workers.contract.broker import read_states
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 @router.get("/status")
 async def fleet_status(_: AdminTenant, sessions: SessionsDep, settings: SettingsDep) -> dict[str, Any]:
-    return await run_in_threadpool(_read, sessions, settings.redis_url)
+    return await run_in_threadpool(_read, sessions, settings.queue.redis_url)
 
 
 def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
@@ -53,14 +53,14 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
         ],
         "workers": [
             {
-                "name": beat["name"],
-                "resident": beat.get("resident", []),
-                "holding": beat.get("holding", 0),
-                "loads": beat.get("loads", 0),
-                "heartbeat_age_s": round(max(0.0, time.time() - float(beat["at"])), 1),
-                "jobs_last_min": activity[beat["name"]].jobs_last_min if beat["name"] in activity else 0,
-                "tokens_per_s": round(activity[beat["name"]].tokens_per_s, 1) if beat["name"] in activity else 0.0,
-                "metrics_port": beat.get("metrics_port"),
+                "name": beat.name,
+                "resident": beat.resident,
+                "holding": beat.holding,
+                "loads": beat.loads,
+                "heartbeat_age_s": round(beat.age_s(), 1),
+                "jobs_last_min": activity[beat.name].jobs_last_min if beat.name in activity else 0,
+                "tokens_per_s": round(activity[beat.name].tokens_per_s, 1) if beat.name in activity else 0.0,
+                "metrics_port": beat.metrics_port,
             }
             for beat in beats
         ],

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from gateway.stack import wait_for_workers
 from registry.models import Adapter, Job
 from tests.fixtures.stack import pipeline
-from workers.heartbeat import WORKER_KEY
+from workers.contract.names import WORKER_KEY
 
 pytestmark = [pytest.mark.e2e]
 

@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from registry.models import Job
 from tests.fixtures.stack import pipeline
-from workers.celery_app import make_celery
+from workers.contract.celery_app import Role, make_celery
+from workers.contract.settings import QueueSettings
 from workers.demo_model.skills import SKILLS
 
 pytestmark = [pytest.mark.e2e]
@@ -59,7 +60,7 @@ def test_killed_workers_lose_nothing_and_record_every_job_once(tmp_path: Path, r
             rows = {j.id: j for j in s.scalars(select(Job))}
         assert len(rows) == JOBS
         assert any(j.attempts > 1 for j in rows.values()), "no job was running when a worker died"
-        celery = make_celery(redis_url)
+        celery = make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER)  # reads results
         for job_id in ids:
             result = celery.AsyncResult(job_id)
             assert result.state == "SUCCESS", (job_id, result.state)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import redis
 
-from registry.queues import ROUTES_EPOCH_KEY
-from tests.gateway.test_bad_input import DEMO, make_gateway
+from tests.gateway.test_bad_input import make_gateway
+from workers.contract.names import ROUTES_EPOCH_KEY
+from workers.demo_model import adapter_dir
 
 
 def test_route_changes_need_admin_are_validated_and_tell_the_workers(tmp_path: Path, redis_url: str) -> None:
@@ -15,7 +16,7 @@ def test_route_changes_need_admin_are_validated_and_tell_the_workers(tmp_path: P
         epoch = redis.Redis.from_url(redis_url)
         before = int(epoch.get(ROUTES_EPOCH_KEY) or 0)  # registering "upper" bumped it already
         assert before >= 1
-        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")}).is_success
+        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(adapter_dir("upper"))}).is_success
         route = client.put("/v1/adapters/upper/route", json={"weights": {"1": 70, "2": 30}, "shadow": None})
         assert route.status_code == 200, route.text
         assert route.json()["routes"] == {"1": 70, "2": 30}
@@ -41,7 +42,7 @@ def test_a_shadowed_job_runs_twice_but_only_the_primary_is_ever_returned(tmp_pat
     from registry.models import Job
 
     with make_gateway(tmp_path, redis_url) as client:
-        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")}).is_success
+        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(adapter_dir("upper"))}).is_success
         route = client.put(
             "/v1/adapters/upper/route", json={"weights": {"2": 100}, "shadow": {"version": 1, "fraction": 1.0}}
         )
@@ -60,7 +61,7 @@ def test_a_shadowed_job_runs_twice_but_only_the_primary_is_ever_returned(tmp_pat
 
 def test_the_base_model_is_a_reserved_adapter_created_on_first_use(tmp_path: Path, redis_url: str) -> None:
     with make_gateway(tmp_path, redis_url) as client:
-        upper = str(DEMO / "adapters" / "upper")
+        upper = str(adapter_dir("upper"))
         refused = client.post("/v1/adapters", json={"name": "base", "uri": upper})
         assert (refused.status_code, refused.json()["error"]["code"]) == (409, "adapter_name_reserved")
         assert "base" not in [a["name"] for a in client.get("/v1/adapters").json()]

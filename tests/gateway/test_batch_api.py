@@ -18,7 +18,7 @@ from registry.db import engine_from_settings, session_factory
 from registry.models import BatchRow, Tenant
 from registry.openai_schemas import COMPLETIONS
 from tests.gateway.test_bad_input import make_gateway
-from workers.reconcile import message_ids
+from workers.contract.broker import message_ids
 
 
 def jsonl(n: int) -> bytes:

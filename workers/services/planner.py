@@ -1,6 +1,7 @@
-"""The consumer bootstep that makes a running worker adapter-sticky.
+"""The planner: the consumer bootstep that makes a running worker adapter-sticky.
 
-Every ``plan_interval`` seconds, on the consumer's timer:
+Every ``plan_interval`` seconds, on the Celery consumer's timer (only that
+thread may add and cancel queues):
 
 1. read the state of every routed adapter's queue (depth, oldest age,
    interactive backlog: one pipelined round trip) and the adapters resident
@@ -14,11 +15,9 @@ Planning is frequent because a worker whose chosen queues drained sits idle
 until the next plan. The routed adapter names are re-read from the registry
 at once when the gateway's route epoch (a Redis counter it bumps on every
 adapter or route change) moved, so a newly registered adapter is consumed
-within a plan tick, and every ``refresh_interval`` seconds anyway, together
-with the heartbeat: refreshes the Redis
-visibility timestamps of every message this worker holds, so that only a
-dead worker's messages come back after the (short) visibility timeout, and
-publishes the worker's liveness.
+within a plan tick, and every ``refresh_interval`` seconds anyway. Liveness
+and repair are not the planner's: they are services of their own
+(:mod:`workers.services.heartbeat`, :mod:`workers.services.reconciler`).
 """
 
 from __future__ import annotations
@@ -31,8 +30,9 @@ from typing import Any
 
 from celery import bootsteps
 
-from registry.queues import adapter_of_queue, queue_name
-from workers.sticky import QueueState, StickyConfig, choose_queues
+from workers.contract.broker import QueueState
+from workers.contract.names import adapter_of_queue, queue_name
+from workers.sticky import StickyConfig, choose_queues
 
 log = logging.getLogger(__name__)
 
@@ -105,55 +105,50 @@ def resize_prefetch(
 
 
 class AdapterNames:
-    """The routed adapter names: re-read (with a heartbeat) every ``interval`` seconds, and at once
-    whenever the route epoch moved."""
+    """The routed adapter names: re-read every ``interval`` seconds, and at once whenever the
+    route epoch moved."""
 
     def __init__(
         self,
         *,
         read: Callable[[], list[str]],
         epoch: Callable[[], object],
-        heartbeat: Callable[[], None],
         interval: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.read, self.epoch, self.heartbeat, self.interval, self.clock = read, epoch, heartbeat, interval, clock
+        self.read, self.epoch, self.interval, self.clock = read, epoch, interval, clock
         self.names: list[str] = []
         self.refreshed = -math.inf
         self.seen: object = None
 
     def current(self) -> list[str]:
         epoch = self.epoch()  # one GET: the gateway bumps it on every adapter or route change
-        if self.clock() - self.refreshed >= self.interval:
-            self.heartbeat()
+        if self.clock() - self.refreshed >= self.interval or epoch != self.seen:
             self.names = self.read()
             self.refreshed = self.clock()
-        elif epoch != self.seen:
-            self.names = self.read()
         self.seen = epoch
         return self.names
 
 
-def make_sticky_consumer(
+def make_planner(
     *,
     adapters: Callable[[], list[str]],
     states: Callable[[list[str]], list[QueueState]],
     resident: Callable[[], set[str]],
-    heartbeat: Callable[[], None],
     routes_epoch: Callable[[], object],
     config: StickyConfig,
     plan_interval: float,
     refresh_interval: float,
     chunk_jobs: int = 16,
 ) -> type[bootsteps.StartStopStep]:
-    class StickyConsumer(bootsteps.StartStopStep):  # type: ignore[misc]
+    class Planner(bootsteps.StartStopStep):  # type: ignore[misc]
         requires = {"celery.worker.consumer.tasks:Tasks"}
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.tref: Any = None
             self.prefetch = PrefetchControl()
-            self.names = AdapterNames(read=adapters, epoch=routes_epoch, heartbeat=heartbeat, interval=refresh_interval)
+            self.names = AdapterNames(read=adapters, epoch=routes_epoch, interval=refresh_interval)
 
         def start(self, c: Any) -> None:
             self.tick(c)
@@ -171,7 +166,7 @@ def make_sticky_consumer(
                 seen = states(names)
                 add, cancel = plan(seen, resident=resident(), consuming=consuming, config=config)
             except Exception:  # Redis or the registry briefly unreachable: try next tick
-                log.warning("sticky consumer tick failed", exc_info=True)
+                log.warning("planner tick failed", exc_info=True)
                 return
             for queue in add:
                 log.info("consuming %s", queue)
@@ -181,4 +176,4 @@ def make_sticky_consumer(
                 c.cancel_task_queue(queue)
             resize_prefetch(c, self.prefetch, seen, (consuming | set(add)) - set(cancel), chunk_jobs=chunk_jobs)
 
-    return StickyConsumer
+    return Planner

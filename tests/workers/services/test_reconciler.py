@@ -13,23 +13,19 @@ import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.publisher import Publisher
 from registry.db import transaction
 from registry.models import Job, utcnow
-from registry.queues import queue_name
 from registry.schemas import Priority
 from tests.workers.test_runtime import enqueue
-from workers.celery_app import make_celery
-from workers.reconcile import UNACKED, message_ids, missing, publish, reconcile_once
+from workers.contract.broker import message_ids
+from workers.contract.celery_app import Role, make_celery
+from workers.contract.messages import Publisher, fail_fast_publisher
+from workers.contract.names import UNACKED, queue_name
+from workers.contract.settings import QueueSettings
+from workers.services.reconciler import Reconciler, missing
 
 
-def test_message_ids_are_read_from_queued_and_unacked_entries() -> None:
-    message = {"headers": {"id": "job-1"}, "properties": {"correlation_id": "job-1"}, "body": ""}
-    assert message_ids(json.dumps(message)) == ["job-1"]
-    assert message_ids(json.dumps([message, "", "lora.x"])) == ["job-1"]
-    assert message_ids(b"not json") == []
-    chunk = {"headers": {"id": "chunk-1", "loraq_jobs": ["a", "b"]}, "properties": {}}
-    assert message_ids(json.dumps(chunk)) == ["chunk-1", "a", "b"]
+def test_missing_lists_expected_jobs_no_message_carries() -> None:
     assert missing(["a", "b", "c"], {"b"}) == ["a", "c"]
 
 
@@ -38,7 +34,8 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    app = make_celery(redis_url)
+    publisher = Publisher(make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER), fail_fast=False)
+    reconciler = Reconciler(sessions=session_factory, client=client, publisher=publisher, grace_s=30, lock_s=1)
     names = ["lost", "waiting", "held", "fresh", "bulk", "abandoned"]
     lost, waiting, held, fresh, bulk, abandoned = enqueue(session_factory, names)
     with transaction(session_factory) as session:  # all but "fresh" were accepted a minute ago
@@ -47,14 +44,14 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
         session.execute(update(Job).where(Job.id.in_(stale)).values(created_at=old))
         # started a minute ago by a worker that gave up on its database: running, with no message
         session.execute(update(Job).where(Job.id == abandoned.job_id).values(status="running", started_at=old))
-    publish(app, waiting, priority=6)  # still in its queue
-    Publisher(redis_url).publish_chunks(
+    publisher.publish(waiting, priority=Priority.BULK)  # still in its queue
+    fail_fast_publisher(QueueSettings(redis_url=redis_url)).publish_chunks(
         [("chunk-1", [bulk.model_dump(mode="json")])], priority=Priority.BULK
     )  # in a bulk chunk's header
     held_message = {"headers": {"id": held.job_id}, "properties": {"correlation_id": held.job_id}}
     client.hset(UNACKED, "tag-1", json.dumps([held_message, "", queue_name("upper")]))  # a worker holds it
 
-    again = reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1)
+    again = reconciler.run_once()
 
     assert again == sorted([lost.job_id, abandoned.job_id])
     queued = [
@@ -62,5 +59,5 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
     ]
     assert sorted(queued) == sorted([waiting.job_id, lost.job_id, abandoned.job_id, "chunk-1", bulk.job_id])
     # Another worker's pass within the lock period does nothing.
-    assert reconcile_once(sessions=session_factory, client=client, app=app, grace_s=30, lock_s=1) == []
+    assert reconciler.run_once() == []
     assert fresh.job_id not in queued

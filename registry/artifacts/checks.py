@@ -1,4 +1,4 @@
-"""Validate a PEFT LoRA against the base model before anything serves it.
+"""Whether loraq can serve an adapter: a PEFT LoRA checked against the base model before anything serves it.
 
 Torch-free on purpose (the gateway runs it at registration): safetensors
 headers are JSON, so shapes are checked from headers alone and values are
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from registry.artifacts.uri import local_path
 from registry.errors import InvalidAdapter
 
 CONFIG_FILE = "adapter_config.json"
@@ -47,24 +47,6 @@ class TensorMeta:
     shape: tuple[int, ...]
     start: int
     end: int
-
-
-def local_path(uri: str) -> Path:
-    """A local directory from a plain path or a ``file://`` URI; other schemes are refused here."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme else uri)
-        try:
-            return path.expanduser()
-        except RuntimeError:  # "~someone" with no such user (found by the schema fuzzer)
-            raise InvalidAdapter(
-                f"{uri!r} names the home of a user this server does not have; give an absolute path.",
-                code="adapter_uri_unsupported",
-            ) from None
-    raise InvalidAdapter(
-        f"URI scheme {parsed.scheme!r} is not supported; give a local directory or a file:// URI.",
-        code="adapter_uri_unsupported",
-    )
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorMeta], int]:

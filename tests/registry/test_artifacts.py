@@ -16,15 +16,15 @@ from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from registry.adapter_check import CONFIG_FILE, WEIGHTS_FILE, validate_adapter
+from registry.artifacts.checks import CONFIG_FILE, WEIGHTS_FILE, validate_adapter
 from registry.errors import InvalidAdapter
+from workers.demo_model import DEMO_ADAPTERS, DEMO_BASE, adapter_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 MAX_BYTES = 64 * 1024 * 1024
 TARGETS = ["q_proj", "v_proj"]
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEMO_MODEL = Path(__file__).parents[2] / "workers/demo_model"
 
 MakeAdapter = Callable[..., Path]
 
@@ -187,7 +187,7 @@ def test_object_store_uri_is_refused(base_dir: Path) -> None:
 
 
 def test_shipped_demo_adapters_validate_against_the_demo_base() -> None:
-    base, adapters = DEMO_MODEL / "base", DEMO_MODEL / "adapters"
+    base, adapters = DEMO_BASE, DEMO_ADAPTERS
     assert base.is_dir(), f"{base} is missing; build it with `python -m workers.demo_model.build`"
     assert (adapters / "upper").is_dir(), f"{adapters / 'upper'} is missing"
 
@@ -208,12 +208,12 @@ def test_a_gpt2_adapter_on_conv1d_modules_is_accepted_against_its_base(tmp_path:
     info = validate_adapter(str(adapter), base_dir=base, max_bytes=MAX_BYTES)
     assert info.r == 4
     with pytest.raises(InvalidAdapter) as refused:  # and a Llama adapter is still refused on it
-        validate_adapter(str(DEMO_MODEL / "adapters" / "upper"), base_dir=base, max_bytes=MAX_BYTES)
+        validate_adapter(str(adapter_dir("upper")), base_dir=base, max_bytes=MAX_BYTES)
     assert refused.value.code == "adapter_base_mismatch"
 
 
 def test_a_home_directory_of_an_unknown_user_is_refused_with_a_code() -> None:
-    from registry.adapter_check import local_path
+    from registry.artifacts.uri import local_path
     from registry.errors import InvalidAdapter
 
     with pytest.raises(InvalidAdapter) as refused:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from registry.queues import queue_name
-from workers.queue_consumer import plan
-from workers.sticky import QueueState, StickyConfig
+from workers.contract.broker import QueueState
+from workers.contract.names import queue_name
+from workers.services.planner import plan
+from workers.sticky import StickyConfig
 
 CONFIG = StickyConfig(slots=2, max_wait_s=10, batch_rows=4, min_swap_depth=2)
 
@@ -41,31 +42,29 @@ def test_resident_queues_stay_consumed_while_there_is_room() -> None:
 
 
 def test_adapter_names_are_reread_at_once_when_the_route_epoch_moves() -> None:
-    from workers.queue_consumer import AdapterNames
+    from workers.services.planner import AdapterNames
 
     reads: list[int] = []
-    beats: list[int] = []
     epoch = [b"1"]
     now = [0.0]
     names = AdapterNames(
         read=lambda: reads.append(1) or [f"a{len(reads)}"],  # type: ignore[func-returns-value]
         epoch=lambda: epoch[0],
-        heartbeat=lambda: beats.append(1),  # type: ignore[arg-type,return-value]
         interval=1.0,
         clock=lambda: now[0],
     )
-    assert names.current() == ["a1"] and len(beats) == 1  # first call: scheduled refresh
+    assert names.current() == ["a1"]  # first call: scheduled refresh
     now[0] = 0.1
     assert names.current() == ["a1"] and len(reads) == 1  # nothing changed: no registry read
     epoch[0] = b"2"
     now[0] = 0.2
-    assert names.current() == ["a2"] and len(beats) == 1  # a route change: read at once, no heartbeat
+    assert names.current() == ["a2"]  # a route change: read at once
     now[0] = 1.5
-    assert names.current() == ["a3"] and len(beats) == 2  # on schedule again
+    assert names.current() == ["a3"] and len(reads) == 3  # on schedule again
 
 
 def test_bulk_only_backlog_lowers_the_prefetch_to_a_few_chunks_and_interactive_restores_it() -> None:
-    from workers.queue_consumer import prefetch_for
+    from workers.services.planner import prefetch_for
 
     bulk = [QueueState(adapter="a", depth=40, oldest_age_s=5.0), QueueState(adapter="b", depth=9, oldest_age_s=1.0)]
     mine = {queue_name("a"), queue_name("b")}
@@ -79,7 +78,7 @@ def test_bulk_only_backlog_lowers_the_prefetch_to_a_few_chunks_and_interactive_r
 def test_prefetch_moves_by_differences_and_keeps_celerys_own_adjustments() -> None:
     from kombu.common import QoS
 
-    from workers.queue_consumer import PrefetchControl
+    from workers.services.planner import PrefetchControl
 
     applied: list[int] = []
     qos = QoS(lambda prefetch_count: applied.append(prefetch_count), 48)
