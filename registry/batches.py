@@ -27,14 +27,13 @@ from registry.adapters import ResolvedAdapter
 from registry.batch_lines import BatchLine, LineError
 from registry.errors import Conflict, InvalidRequest, NotFound
 from registry.files import get as get_file
-from registry.jobs import rebuilt_task, with_versions
+from registry.jobs import rebuilt_task, task_payload, with_versions
 from registry.models import BatchLineError, BatchRow, Job, Tenant, utcnow
 from registry.openai_schemas import ENDPOINTS
-from registry.schemas import JobStatus, Priority, SamplingParams
+from registry.schemas import JobStatus, Priority
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")
 MAX_WINDOW_H = 168
-_SAMPLING_FIELDS = frozenset(SamplingParams.model_fields)
 ACTIVE = ("validating", "in_progress")  # lines may still be read
 DRAINING = ("in_progress", "cancelling")  # waiting for jobs to end
 _LIVE_JOBS = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -248,7 +247,10 @@ def commit_chunk(
             ],
         )
     enqueued = now.timestamp()
-    return [_task(row, resolved, enqueued) for row, (_, resolved) in zip(rows, chunk.lines, strict=True)]
+    return [
+        task_payload(job_id=row["id"], resolved=resolved, request=row["request"], enqueued_at=enqueued)
+        for row, (_, resolved) in zip(rows, chunk.lines, strict=True)
+    ]
 
 
 def _job_row(batch: BatchRow, line: BatchLine, resolved: ResolvedAdapter, now: datetime) -> dict[str, Any]:
@@ -268,26 +270,6 @@ def _job_row(batch: BatchRow, line: BatchLine, resolved: ResolvedAdapter, now: d
         "attempts": 0,
         "created_at": now,
     }
-
-
-def _task(row: dict[str, Any], resolved: ResolvedAdapter, enqueued: float) -> dict[str, Any]:
-    """A :class:`TaskJob` payload built straight from the row's validated request: a bulk file
-    is ingested at tens of thousands of lines a second, and models cost more than dicts."""
-    request = row["request"]
-    task = {
-        "job_id": row["id"],
-        "adapter": resolved.name,
-        "version_id": resolved.version_id,
-        "version": resolved.version,
-        "uri": resolved.uri,
-        "sha256": resolved.sha256,
-        "prompt": request.get("prompt", ""),
-        "sampling": {k: v for k, v in request.items() if k in _SAMPLING_FIELDS},
-        "enqueued_at": enqueued,
-    }
-    if "messages" in request:
-        task["messages"] = request["messages"]
-    return task
 
 
 def mark_published(session: Session, *, batch_id: str, upto_line: int) -> None:

@@ -9,8 +9,10 @@ delivery) cannot record a result twice.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +30,7 @@ from registry.schemas import (
     JobStatus,
     JobView,
     Priority,
+    SamplingParams,
     TaskJob,
 )
 
@@ -114,19 +117,43 @@ def version_number(session: Session, job: Job) -> int:
     return version.version
 
 
+SAMPLING_FIELDS = frozenset(SamplingParams.model_fields)
+
+
+def task_payload(
+    *,
+    job_id: str,
+    resolved: ResolvedAdapter,
+    request: Mapping[str, Any],
+    enqueued_at: float,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """The one builder of what a job's message carries (a :class:`TaskJob` as JSON), from the job's
+    recorded request (``JobCreate`` as JSON). Interactive submits, bulk ingest (tens of thousands of
+    lines a second: plain dicts, no model per line) and every re-publish build it here."""
+    payload: dict[str, Any] = {
+        "job_id": job_id,
+        "adapter": resolved.name,
+        "version_id": resolved.version_id,
+        "version": resolved.version,
+        "uri": resolved.uri,
+        "sha256": resolved.sha256,
+        "prompt": request.get("prompt", ""),
+        "sampling": {k: v for k, v in request.items() if k in SAMPLING_FIELDS},
+        "enqueued_at": enqueued_at,
+    }
+    if request.get("messages") is not None:
+        payload["messages"] = request["messages"]
+    if tenant is not None:
+        payload["tenant"] = tenant
+    return payload
+
+
 def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate, *, tenant: str | None = None) -> TaskJob:
-    return TaskJob(
-        job_id=job.id,
-        adapter=resolved.name,
-        version_id=resolved.version_id,
-        version=resolved.version,
-        uri=resolved.uri,
-        sha256=resolved.sha256,
-        prompt=request.prompt,
-        messages=request.messages,
-        sampling=request.sampling(),
-        enqueued_at=job.created_at.timestamp(),
-        tenant=tenant,
+    body = request.model_dump(mode="json", exclude_defaults=True)
+    enqueued = job.created_at.timestamp()
+    return TaskJob.model_validate(
+        task_payload(job_id=job.id, resolved=resolved, request=body, enqueued_at=enqueued, tenant=tenant)
     )
 
 
@@ -341,4 +368,6 @@ def with_versions() -> Select[Job, str, AdapterVersion]:
 def rebuilt_task(job: Job, name: str, version: AdapterVersion) -> TaskJob:
     """The message a recorded job should travel in (to publish it again)."""
     resolved = ResolvedAdapter(job.adapter_id, name, version.id, version.version, version.uri, version.sha256)
-    return task_for(job, resolved, JobCreate.model_validate(job.request))
+    return TaskJob.model_validate(
+        task_payload(job_id=job.id, resolved=resolved, request=job.request, enqueued_at=job.created_at.timestamp())
+    )
