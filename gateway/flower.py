@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from registry.adapters import active_adapter_names
 from registry.db import engine_from_settings, session_factory
-from registry.queues import queue_name
 from registry.settings import DatabaseSettings
+from workers.contract.names import queue_name
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ fails the test, and every job row must say ``succeeded`` with its version.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -15,18 +14,18 @@ from sqlalchemy import select
 from registry.db import make_engine, session_factory
 from registry.models import AdapterVersion, Job
 from tests.fixtures.stack import RunningStack
+from workers.demo_model import DEMO_BASE, adapter_dir
 from workers.demo_model.skills import SKILLS, expected, random_text
 
 pytestmark = [pytest.mark.e2e]
 
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 def register_skills(stack: RunningStack) -> dict[str, int]:
     versions = {}
     with stack.client() as http:
         for skill in sorted(SKILLS):
-            resp = http.post("/v1/adapters", json={"name": skill, "uri": str(DEMO / "adapters" / skill)})
+            resp = http.post("/v1/adapters", json={"name": skill, "uri": str(adapter_dir(skill))})
             assert resp.status_code == 201, resp.text
             versions[skill] = resp.json()["versions"][-1]["version"]
     return versions
@@ -38,11 +37,11 @@ def peft_alone(work: list[tuple[str, str]]) -> list[str]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(DEMO / "base")
-    base = AutoModelForCausalLM.from_pretrained(DEMO / "base", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(DEMO_BASE)
+    base = AutoModelForCausalLM.from_pretrained(DEMO_BASE, dtype=torch.float32).eval()
     answers = {}
     for skill in sorted({s for s, _ in work}):
-        model = PeftModel.from_pretrained(base, DEMO / "adapters" / skill).eval()
+        model = PeftModel.from_pretrained(base, adapter_dir(skill)).eval()
         for i, (s, text) in enumerate(work):
             if s == skill:
                 enc = tok([text], return_tensors="pt")
@@ -109,3 +108,20 @@ def test_flower_lists_the_worker_and_every_adapter_queue_behind_auth(
     assert {f"lora.{s}" for s in SKILLS} <= names
     anonymous = httpx.get(f"{loraq_stack.flower_url}/api/workers", timeout=10)
     assert anonymous.status_code == 401
+
+
+def test_an_adapter_in_a_path_with_a_space_and_a_non_ascii_letter_serves_jobs(loraq_stack: RunningStack) -> None:
+    """The gateway records a percent-encoded file:// URI; the worker must decode it the same way."""
+    import shutil
+
+    odd = loraq_stack.home / "adapters" / "caps lock é"
+    shutil.copytree(adapter_dir("upper"), odd, dirs_exist_ok=True)
+    with loraq_stack.client() as http:
+        resp = http.post("/v1/adapters", json={"name": "odd-path", "uri": str(odd)})
+        assert resp.status_code == 201, resp.text
+        assert "%20" in resp.json()["versions"][-1]["uri"]  # stored encoded, as the registry writes URIs
+        job = http.post("/v1/jobs", json={"adapter": "odd-path", "prompt": "served anyway", "max_tokens": 32})
+        assert job.status_code == 202, job.text
+        view = http.get(f"/v1/jobs/{job.json()['id']}", params={"wait": 60}).json()
+    assert view["status"] == "succeeded", (view, loraq_stack.logs())
+    assert view["result"]["text"] == expected("upper", "served anyway")

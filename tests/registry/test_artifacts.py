@@ -219,3 +219,16 @@ def test_a_home_directory_of_an_unknown_user_is_refused_with_a_code() -> None:
     with pytest.raises(InvalidAdapter) as refused:
         local_path("~0")  # found by the schema fuzzer: a 500 before
     assert refused.value.code == "adapter_uri_unsupported"
+
+
+def test_a_recorded_uri_of_a_path_with_a_space_and_accent_reads_back_as_that_path(tmp_path: Path) -> None:
+    from registry.artifacts.store import local_dir
+    from registry.artifacts.uri import local_path, uri_of
+
+    odd = tmp_path / "caps lock é"
+    odd.mkdir()
+    uri = uri_of(odd)
+    assert uri.startswith("file://") and "%20" in uri and "%C3%A9" in uri
+    assert local_path(uri) == odd.resolve()
+    found = local_dir(uri, sha256="0" * 64, cache_dir=tmp_path / "cache")  # what the worker reads
+    assert found.path == odd.resolve() and found.fetched_s is None
