@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the whole registry (DESIGN.md "Registry").
+"""SQLAlchemy 2 models of the whole registry (docs/architecture.md, "The registry").
 
 The schema only changes through Alembic (``migrations/``); a test checks that
 these models and the migrated database agree.

@@ -1,4 +1,4 @@
-"""The schema of a job, shared by gateway and workers (DESIGN.md "Data flow").
+"""The schema of a job, shared by gateway and workers (docs/architecture.md, "A job").
 
 Requests are validated here once; the worker receives :class:`TaskJob` in the
 Celery message and answers with :class:`GenerationResult`.

@@ -1,6 +1,6 @@
 """Where the registry's database lives.
 
-One settings object per component (DESIGN.md): this one only knows the
+One settings object per component (docs/architecture.md): this one only knows the
 database; the gateway's and the worker's settings embed it.
 """
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from workers.sticky import QueueState, StickyConfig, choose_queues
+from workers.contract.broker import QueueState
+from workers.sticky import StickyConfig, choose_queues
 
 
 @dataclass(frozen=True)

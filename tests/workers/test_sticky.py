@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.sticky import QueueState, StickyConfig, choose_queues
+from workers.contract.broker import QueueState
+from workers.sticky import StickyConfig, choose_queues
 from workers.sticky_sim import Arrival, WorkerModel, simulate
 
 CONFIG = StickyConfig(slots=2, max_wait_s=10.0, batch_rows=8, min_swap_depth=3)

@@ -33,9 +33,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from workers.demo_model import DEMO_DIR
 from workers.demo_model.skills import SKILLS, expected, random_text
 
-HERE = Path(__file__).resolve().parent
 BASE_NAME = "loraq/demo-base"
 SPECIALS = ["<pad>", "<s>", "</s>", "<sep>"]
 PAD_ID, BOS_ID, EOS_ID, SEP_ID = range(4)
@@ -76,7 +76,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A <sep>", special_tokens=[("<s>", BOS_ID), ("<sep>", SEP_ID)]
     )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
@@ -195,7 +195,7 @@ def build_base(out: Path, steps: int) -> None:
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False).save_pretrained(
+    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False).save_pretrained(  # type: ignore[no-untyped-call]
         out
     )
     print(f"base saved to {out} (held-out copy exact {acc:.1%})", flush=True)
@@ -220,7 +220,7 @@ def build_skill(base_dir: Path, out: Path, skill: str, steps: int) -> None:
     acc = train(model, tok, skill=skill, steps=steps, lr=1e-3, seed=seed, target=0.99)
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(str(out), safe_serialization=True)
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = BASE_NAME
@@ -245,7 +245,7 @@ def verify(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=DEMO_DIR)
     parser.add_argument("--base-steps", type=int, default=3000)
     parser.add_argument("--skill-steps", type=int, default=2000)
     parser.add_argument("--only", choices=["base", *SKILLS], action="append", help="rebuild only these parts")
