@@ -43,13 +43,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from registry.adapter_check import file_sha256  # noqa: E402
+
+from registry.artifacts.checks import file_sha256  # noqa: E402
 from registry.schemas import SamplingParams  # noqa: E402
-from workers.engine import LoraEngine  # noqa: E402
-from workers.engine_adapters import read_adapter  # noqa: E402
+from workers.demo_model import DEMO_BASE  # noqa: E402
+from workers.engine import EngineConfig, LoraEngine  # noqa: E402
+from workers.engine.adapter_weights import read_adapter  # noqa: E402
 from workers.generation import AdapterRef, GenRequest  # noqa: E402
 
-DEMO_BASE = ROOT / "workers" / "demo_model" / "base"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SHAPES = {
     "small": lambda: LlamaConfig(
@@ -207,21 +208,26 @@ def peft_seconds(args: argparse.Namespace, base_dir: Path, paths: list[Path], pr
 def swaps(run: Run) -> None:
     """Host -> slot, and disk -> host -> slot, for one r = 16 adapter."""
     engine = run.engine
-    host = read_adapter(run.paths[0], key="swap", sha256=None, shapes=engine.shapes, r_max=16, dtype=run.dtype)
+    host = read_adapter(run.paths[0], key="swap", sha256=None, shapes=engine.adapters.shapes, r_max=16, dtype=run.dtype)
     host_times, disk_times = [], []
     for _ in range(20):
         run.sync()
         start = time.perf_counter()
-        engine._to_slot(1, host, name="swap")
+        engine.adapters.to_slot(1, host, name="swap")
         run.sync()
         host_times.append(time.perf_counter() - start)
     for _ in range(10):
         run.sync()
         start = time.perf_counter()
         fresh = read_adapter(
-            run.paths[1], key="swap-disk", sha256=run.refs[1].sha256, shapes=engine.shapes, r_max=16, dtype=run.dtype
+            run.paths[1],
+            key="swap-disk",
+            sha256=run.refs[1].sha256,
+            shapes=engine.adapters.shapes,
+            r_max=16,
+            dtype=run.dtype,
         )
-        engine._to_slot(2, fresh, name="swap-disk")
+        engine.adapters.to_slot(2, fresh, name="swap-disk")
         run.sync()
         disk_times.append(time.perf_counter() - start)
     mib = round(host.nbytes / 2**20, 2)
@@ -292,7 +298,14 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             peft_s = pool.submit(peft_seconds, args, base_dir, paths, prompts).result()
         engine = LoraEngine(
-            base_model=base_dir, device=args.device, dtype=args.dtype, max_loras=8, max_rows=args.rows, max_lora_rank=16
+            EngineConfig(
+                base_model=base_dir,
+                device=args.device,
+                dtype=args.dtype,
+                max_loras=8,
+                max_rows=args.rows,
+                max_lora_rank=16,
+            )
         )
         print(engine.describe(), file=sys.stderr)
         run = Run(

@@ -24,7 +24,8 @@ from transformers import (
     Qwen2Config,
 )
 
-DEMO_BASE = Path(__file__).resolve().parents[2] / "workers" / "demo_model" / "base"
+from workers.demo_model import DEMO_BASE
+
 VOCAB = 260  # the demo tokenizer's
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -9,16 +9,15 @@ generator state), so this measures generalisation, not recall.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from workers.demo_model import DEMO_DIR as DEMO
 from workers.demo_model.skills import SKILLS, expected, random_text
 
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 UNSEEN = ["Hello World", "Zebra quartz 42", "Mixed batches never bleed", "ok"] + [
     random_text(random.Random(7_000_000 + i)) for i in range(96)
 ]

@@ -6,26 +6,24 @@ poison row is real too: a prompt longer than the model's positions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import adapters, jobs, keys
-from registry.adapter_check import validate_adapter
+from registry.artifacts.checks import validate_adapter
 from registry.db import transaction
 from registry.models import Job
 from registry.schemas import FinishReason, GenerationResult, JobCreate, TaskJob
-from workers.engine_peft import PeftGenerator
+from workers.demo_model import DEMO_DIR as DEMO
+from workers.engine import EngineConfig
+from workers.engine.peft_baseline import PeftGenerator
 from workers.runtime import RowFailure, Runtime, cost_shares
-
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 @pytest.fixture(scope="module")
 def generator() -> PeftGenerator:
-    return PeftGenerator(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=4)
+    return PeftGenerator(EngineConfig(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=4))
 
 
 def enqueue(sessions: sessionmaker[Session], prompts: list[str]) -> list[TaskJob]:
@@ -152,10 +150,7 @@ def test_a_cancelled_running_row_stops_at_the_next_steps_and_its_batch_mates_do_
     from workers.generation import GenRequest
 
     engine = PeftGenerator(
-        base_model=DEMO / "base",
-        device="cpu",
-        dtype="float32",
-        max_loras=2,
+        EngineConfig(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=2),
         cancelled=lambda ids: {i for i in ids if i == "stop-me"},
     )
     long = "Zebra quartz 42 copied on"

@@ -1,7 +1,7 @@
-"""Generation with PEFT's mixed-adapter ``generate(adapter_names=...)``.
+"""The PEFT baseline: generation with PEFT's mixed-adapter ``generate(adapter_names=...)``.
 
-The foundation engine (and the baseline the fast engine is measured
-against): the base model stays resident, adapters are loaded into one
+The foundation engine, kept as the baseline the loraq engine is measured
+against (``LORAQ_ENGINE=peft``): the base model stays resident, adapters are loaded into one
 ``PeftModel`` by version key and evicted least-recently-used beyond
 ``max_loras``. Rows with equal sampling settings share one ``generate`` call.
 """
@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
-from registry.adapter_check import WEIGHTS_FILE, local_path
+from registry.artifacts.checks import WEIGHTS_FILE
+from registry.artifacts.uri import local_path
 from registry.schemas import ChatMessage, GenerationResult, SamplingParams
 from workers import chat
 from workers.decoding import finish_row
+from workers.engine.config import EngineConfig
 from workers.errors import AdapterLoadFailed, PromptTooLong
 from workers.generation import AdapterRef, GenRequest
 
@@ -57,26 +58,21 @@ def sampling_group(req: GenRequest) -> tuple[object, ...]:
 
 
 class PeftGenerator:
-    def __init__(
-        self,
-        *,
-        base_model: Path,
-        device: str,
-        dtype: str,
-        max_loras: int,
-        cancelled: Callable[[Sequence[str]], set[str]] | None = None,
-    ) -> None:
+    """A :class:`~workers.generation.Generator`; of ``config`` it reads the base model, device, dtype
+    and ``max_loras``."""
+
+    def __init__(self, config: EngineConfig, *, cancelled: Callable[[Sequence[str]], set[str]] | None = None) -> None:
         self.cancelled = cancelled  # which of these job ids were cancelled (checked every few steps)
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
-        self.max_loras = max_loras
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.device = torch.device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        self.max_loras = config.max_loras
+        self.tokenizer = AutoTokenizer.from_pretrained(config.base_model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(base_model, dtype=self.dtype)
-        self.base = base.to(self.device).eval()
-        self.name = base_model.name
+        base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=self.dtype)
+        self.base = base.to(self.device).eval()  # type: ignore[arg-type]
+        self.name = config.base_model.name
         self.model: PeftModel | None = None
         self.resident: OrderedDict[str, str] = OrderedDict()  # adapter key -> name, in LRU order
         self._resident_names: frozenset[str] = frozenset()  # snapshot for readers on other threads
@@ -188,7 +184,7 @@ class PeftGenerator:
             stop["stopping_criteria"] = StoppingCriteriaList([StopCancelled([r.job_id for r in rows], self.cancelled)])
         if self.model is not None:
             names = [r.adapter.key if r.adapter else BASE_ADAPTER for r in rows]
-            out = self.model.generate(
+            out = self.model.generate(  # type: ignore[no-untyped-call]
                 **enc, adapter_names=names, max_new_tokens=max_new, pad_token_id=pad_id, **stop, **kwargs
             )
         else:
@@ -200,10 +196,13 @@ class PeftGenerator:
                 eos_ids=self.eos_ids,
                 pad_id=pad_id if pad_id not in self.eos_ids else None,
                 prompt_tokens=lengths[i],
-                decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                decode=self._decode,
             )
             for i, row in enumerate(rows)
         ]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     @staticmethod
     def _sampling_kwargs(s: SamplingParams) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from workers.engine_kv import KVBatch
+from workers.engine.kv import KVBatch
 
 
 def cache_of(rows: int, length: int, fill: float) -> tuple[DynamicCache, torch.Tensor]:

@@ -16,10 +16,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry.adapter_check import file_sha256
+from registry.artifacts.checks import file_sha256
 from registry.schemas import SamplingParams
 from tests.workers.engine_models import FAMILIES, build_base, load_base, peft_alone, save_adapter
-from workers.engine import LoraEngine
+from workers.engine import EngineConfig, LoraEngine
 from workers.errors import AdapterRefused
 from workers.generation import AdapterRef, GenRequest
 
@@ -33,7 +33,9 @@ def base_dir(family: str) -> Path:
 
 @cache
 def engine(family: str) -> LoraEngine:
-    return LoraEngine(base_model=base_dir(family), max_loras=3, max_rows=8, max_lora_rank=16, memory_budget_mb=64)
+    return LoraEngine(
+        EngineConfig(base_model=base_dir(family), max_loras=3, max_rows=8, max_lora_rank=16, memory_budget_mb=64)
+    )
 
 
 @st.composite
@@ -92,7 +94,7 @@ def test_every_row_of_a_mixed_batch_matches_peft_for_its_adapter_alone(data: st.
         ours = eng.score(requests)
         for (which, _), req, got in zip(rows, requests, ours, strict=True):
             oracle = peft_alone(base, paths[which - 1] if which else None)
-            ids = torch.tensor([eng.tokenizer(req.prompt)["input_ids"]])
+            ids = torch.tensor([eng.runner.tokenizer(req.prompt)["input_ids"]])
             with torch.no_grad():
                 want = oracle(input_ids=ids).logits[0]
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -103,7 +105,7 @@ def test_slot_zero_rows_equal_the_base_model_exactly_when_no_adapter_is_in_the_b
     base = load_base(base_dir("llama"))
     req = request("b", "base only", None)
     [got] = eng.score([req])
-    ids = torch.tensor([eng.tokenizer(req.prompt)["input_ids"]])
+    ids = torch.tensor([eng.runner.tokenizer(req.prompt)["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(got, base(input_ids=ids).logits[0], atol=1e-5, rtol=1e-5)
 

@@ -16,14 +16,14 @@ import torch
 
 from registry.schemas import FinishReason, SamplingParams
 from tests.workers.engine_models import build_base, load_base, peft_alone, save_adapter
-from workers import engine as engine_module
+from workers.demo_model import DEMO_DIR as DEMO
 from workers.demo_model.skills import SKILLS, expected, random_text
-from workers.engine import LoraEngine
+from workers.engine import EngineConfig, LoraEngine
+from workers.engine import adapters as adapters_module
+from workers.engine import scheduler as scheduler_module
+from workers.engine.memory import BudgetTooSmall
 from workers.errors import AdapterLoadFailed
 from workers.generation import AdapterRef, GenRequest
-from workers.memory import BudgetTooSmall
-
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 def skill_ref(skill: str, *, key: str | None = None, uri: str | None = None) -> AdapterRef:
@@ -38,7 +38,9 @@ def req(job: str, prompt: str, adapter: AdapterRef | None, **sampling: object) -
 
 @cache
 def demo_engine(max_rows: int = 16, max_loras: int = 8) -> LoraEngine:
-    return LoraEngine(base_model=DEMO / "base", max_rows=max_rows, max_loras=max_loras, memory_budget_mb=256)
+    return LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=max_rows, max_loras=max_loras, memory_budget_mb=256)
+    )
 
 
 def test_the_demo_skills_in_one_mixed_batch_each_follow_their_rule() -> None:
@@ -62,18 +64,18 @@ def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(tmp_p
         for i, r in enumerate([2, 8])
     ]
     refs = [AdapterRef(key=f"a{i}", uri=str(p), sha256=_sha(p), name=f"a{i}") for i, p in enumerate(paths)]
-    eng = LoraEngine(base_model=base_dir, max_rows=4, max_loras=2, max_lora_rank=8, memory_budget_mb=64)
+    eng = LoraEngine(EngineConfig(base_model=base_dir, max_rows=4, max_loras=2, max_lora_rank=8, memory_budget_mb=64))
     prompts = ["hello there", "abc", "a much longer prompt here", "xyz 123", "q", "mixed batch"]
     requests = [req(str(i), p, [None, *refs][i % 3], max_tokens=6 + 3 * i) for i, p in enumerate(prompts)]
     ours = eng.generate(requests)
     for r, got in zip(requests, ours, strict=True):
         model = peft_alone(base, paths[refs.index(r.adapter)] if r.adapter else None)
-        ids = torch.tensor([eng.tokenizer(r.prompt)["input_ids"]])
+        ids = torch.tensor([eng.runner.tokenizer(r.prompt)["input_ids"]])
         with torch.no_grad():
             out = model.generate(input_ids=ids, max_new_tokens=r.sampling.max_tokens, do_sample=False, pad_token_id=0)
         new = out[0, ids.shape[1] :].tolist()
         eos = new.index(2) if 2 in new else len(new)
-        assert got.text == eng.tokenizer.decode(new[:eos], skip_special_tokens=True), (family, r.prompt)
+        assert got.text == eng.runner.tokenizer.decode(new[:eos], skip_special_tokens=True), (family, r.prompt)
         assert got.completion_tokens == min(len(new), eos + 1)
 
 
@@ -123,7 +125,7 @@ def test_seeded_sampling_reproduces_and_top_k_one_is_greedy() -> None:
 
 
 def test_more_adapters_than_slots_queue_for_slots_never_evicting_a_running_row() -> None:
-    eng = LoraEngine(base_model=DEMO / "base", max_rows=8, max_loras=2, memory_budget_mb=256)
+    eng = LoraEngine(EngineConfig(base_model=DEMO / "base", max_rows=8, max_loras=2, memory_budget_mb=256))
     rng = random.Random(2)
     work = [(sorted(SKILLS)[i % 4], random_text(rng)) for i in range(12)]
     results = eng.generate([req(str(i), t, skill_ref(s), max_tokens=64) for i, (s, t) in enumerate(work)])
@@ -144,7 +146,7 @@ def test_a_cold_adapter_loads_in_the_background_while_the_running_rows_decode(
 ) -> None:
     """The store is slow for one adapter; the rows already running keep stepping meanwhile."""
     loaded = threading.Event()
-    real = engine_module.local_dir
+    real = adapters_module.local_dir
 
     def slow_store(uri: str, **kwargs: object) -> Path:
         if "novowel" in uri:
@@ -152,14 +154,16 @@ def test_a_cold_adapter_loads_in_the_background_while_the_running_rows_decode(
             loaded.set()
         return real(uri, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine_module, "local_dir", slow_store)
+    monkeypatch.setattr(adapters_module, "local_dir", slow_store)
     seen: list[tuple[bool, frozenset[str]]] = []
 
     def probe(job_ids: object) -> set[str]:
         seen.append((loaded.is_set(), frozenset(job_ids)))  # type: ignore[arg-type]
         return set()
 
-    eng = LoraEngine(base_model=DEMO / "base", max_rows=4, max_loras=4, memory_budget_mb=256, cancelled=probe)
+    eng = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=4, max_loras=4, memory_budget_mb=256), cancelled=probe
+    )
     warm = skill_ref("upper", key="warm-upper")
     eng.generate([req("w0", "warm up", warm)])  # the warm adapter is in a slot now
     seen.clear()
@@ -177,18 +181,24 @@ def test_adapters_from_a_remote_store_are_cached_on_disk_by_sha256(tmp_path: Pat
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         fs.pipe(f"/store/swapcase/{name}", (src / name).read_bytes())
     remote = skill_ref("swapcase", key="remote-swapcase", uri="memory://store/swapcase")
-    eng = LoraEngine(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    eng = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    )
     [r] = eng.generate([req("r", "Remote Store", remote)])
     assert r.text == expected("swapcase", "Remote Store")
     assert (tmp_path / remote.sha256 / "adapter_model.safetensors").is_file()
     fs.rm("/store", recursive=True)  # the disk cache now serves it
-    again = LoraEngine(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    again = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    )
     assert again.generate([req("r2", "Remote Store", remote)])[0].text == r.text
 
 
 def test_a_missing_remote_adapter_fails_with_a_clear_error(tmp_path: Path) -> None:
     gone = skill_ref("upper", key="gone", uri="memory://nowhere/upper")
-    eng = LoraEngine(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    eng = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256, cache_dir=tmp_path)
+    )
     with pytest.raises(AdapterLoadFailed, match="memory://nowhere/upper"):
         eng.generate([req("g", "hi", gone)])
 
@@ -199,10 +209,7 @@ def test_rows_beyond_the_kv_budget_wait_for_room_instead_of_running_out_of_memor
     budget_mb = -(-fixed // 2**20) + 1  # about 1 MiB of KV cache: two or three long rows at a time
     running: list[int] = []
     eng = LoraEngine(
-        base_model=DEMO / "base",
-        max_rows=16,
-        max_loras=4,
-        memory_budget_mb=budget_mb,
+        EngineConfig(base_model=DEMO / "base", max_rows=16, max_loras=4, memory_budget_mb=budget_mb),
         cancelled=lambda ids: running.append(len(ids)) or set(),  # type: ignore[func-returns-value]
     )
     rng = random.Random(4)
@@ -213,17 +220,14 @@ def test_rows_beyond_the_kv_budget_wait_for_room_instead_of_running_out_of_memor
 
 def test_a_budget_that_cannot_hold_one_full_row_refuses_to_start() -> None:
     with pytest.raises(BudgetTooSmall, match="LORAQ_MEMORY_BUDGET_MB"):
-        LoraEngine(base_model=DEMO / "base", memory_budget_mb=1)
+        LoraEngine(EngineConfig(base_model=DEMO / "base", memory_budget_mb=1))
 
 
 def test_calls_from_several_threads_share_one_running_batch() -> None:
     """Two callers' rows decode in the same steps, and each gets what it gets alone."""
     steps: list[frozenset[str]] = []
     eng = LoraEngine(
-        base_model=DEMO / "base",
-        max_rows=8,
-        max_loras=4,
-        memory_budget_mb=256,
+        EngineConfig(base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256),
         cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
     )
     first = [req(f"a{i}", f"first caller {i}", skill_ref("upper"), max_tokens=40) for i in range(3)]
@@ -263,15 +267,16 @@ def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
         if not bad.is_alive() and "bad" not in out:
             bad.start()
             deadline = time.monotonic() + 5
-            while eng._inbox.qsize() == 0 and time.monotonic() < deadline:  # until it waits at the next step
+            while eng.scheduler.submitted() == 0 and time.monotonic() < deadline:  # until it waits at the next step
                 time.sleep(0.001)
         return set()
 
     eng = LoraEngine(
-        base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256, cancelled=submit_poison_once
+        EngineConfig(base_model=DEMO / "base", max_rows=8, max_loras=4, memory_budget_mb=256),
+        cancelled=submit_poison_once,
     )
-    poison_id = eng.tokenizer("~")["input_ids"][1]
-    embed = eng.model.get_input_embeddings()
+    poison_id = eng.runner.tokenizer("~")["input_ids"][1]
+    embed = eng.runner.model.get_input_embeddings()
     real_forward = embed.forward
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
@@ -293,13 +298,10 @@ def test_a_row_that_breaks_the_forward_fails_alone_and_its_step_mates_finish(
 def test_rows_of_resident_adapters_go_before_a_row_needing_a_swap_until_it_has_waited_long_enough(
     monkeypatch: pytest.MonkeyPatch, swap_wait_s: float
 ) -> None:
-    monkeypatch.setattr(engine_module, "SWAP_WAIT_S", swap_wait_s)  # the bound, made deterministic
+    monkeypatch.setattr(scheduler_module, "SWAP_WAIT_S", swap_wait_s)  # the bound, made deterministic
     steps: list[frozenset[str]] = []
     eng = LoraEngine(
-        base_model=DEMO / "base",
-        max_rows=2,
-        max_loras=1,
-        memory_budget_mb=256,
+        EngineConfig(base_model=DEMO / "base", max_rows=2, max_loras=1, memory_budget_mb=256),
         cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
     )
     upper, rot13 = skill_ref("upper"), skill_ref("rot13")

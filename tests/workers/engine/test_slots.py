@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.slots import Slot, choose_slot, host_evictions
+from workers.engine.slots import Slot, choose_slot, host_evictions
 
 
 def test_a_free_slot_is_used_before_anything_is_evicted() -> None:

@@ -4,15 +4,15 @@ Every target linear module of the base model (``nn.Linear``, or GPT-2's
 ``Conv1D``) is wrapped once at start-up by :class:`MixedLoRA`, which holds
 the stacked weights of every adapter slot::
 
-    A[slots, in, r_max]    (lora_A, transposed so a gather is ready for bmm)
-    B[slots, r_max, out]   (lora_B transposed, pre-multiplied by the scale)
+    lora_a[slots, in, r_max]    (lora_A, transposed so a gather is ready for bmm)
+    lora_b[slots, r_max, out]   (lora_B transposed, pre-multiplied by the scale)
 
 Slot 0 is "no adapter" and stays zero. Smaller ranks are zero-padded to
 ``r_max``, so adapters of any rank, alpha, rsLoRA, target subset or
 ``layers_to_transform`` coexist (a module an adapter does not touch is zero
 in its slot).
 
-A forward adds, for each row ``i`` of slot ``s_i``, ``x_i A[s_i] B[s_i]``:
+A forward adds, for each row ``i`` of slot ``s_i``, ``x_i @ lora_a[s_i] @ lora_b[s_i]``:
 rows are grouped by adapter (index ops), each group runs against its
 adapter's weights in one ``bmm`` for A and one for B over all groups, and the
 results are added back to their rows. No Python loop over rows or adapters.
@@ -56,7 +56,7 @@ class LoRABatch:
     adapters: tuple[int, ...] = ()
     rows: int = 0
     per_group: int = 0
-    group_rows: torch.Tensor | None = None  # [adapters * per_group]
+    group_rows: torch.Tensor | None = None  # [adapters * per_group]: the row at each grouped place
     row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
     has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
     uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
@@ -64,6 +64,7 @@ class LoRABatch:
     weights_version: int = 0
 
     def set(self, slots: list[int], device: torch.device, *, rank: int) -> None:
+        """``slots``: each row's slot ([rows], 0 = no adapter); ``rank``: the widest rank in any slot."""
         adapters = tuple(sorted({s for s in slots if s}))
         if adapters != self.adapters or rank != self.rank:
             self.weights_version += 1
@@ -91,7 +92,18 @@ class LoRABatch:
 
 
 class MixedLoRA(nn.Module):
-    """A base linear module plus the LoRA deltas of every slot, applied per adapter group."""
+    """A base linear module plus the LoRA deltas of every slot, applied per adapter group.
+
+    For each row ``i`` of the batch, with ``slot = batch``'s row -> slot map::
+
+        y[i] += scale[slot[i]] * B[slot[i]] @ (A[slot[i]] @ x[i])
+
+    with PEFT's ``A`` [r, in] and ``B`` [out, r]; stored transposed and
+    pre-scaled as ``lora_a`` [slots, in, r_max] and ``lora_b`` [slots, r_max, out].
+    """
+
+    lora_a: torch.Tensor  # [slots, in, r_max] buffer; slot 0 stays zero
+    lora_b: torch.Tensor  # [slots, r_max, out] buffer, scale included
 
     def __init__(self, base: nn.Module, *, slots: int, r_max: int, batch: LoRABatch) -> None:
         super().__init__()
@@ -144,6 +156,7 @@ class MixedLoRA(nn.Module):
         self._b = self.lora_b[:, : batch.rank, :].index_select(0, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [rows, steps, in] (any shape whose leading size is ``batch.rows``) -> [rows, steps, out]."""
         y: torch.Tensor = self.base(x)
         batch = self.batch
         if not batch.adapters:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 
-from registry.adapter_check import CONFIG_FILE, LORA_KEY, WEIGHTS_FILE, check_lora_config
+from registry.artifacts.checks import CONFIG_FILE, LORA_KEY, WEIGHTS_FILE, check_lora_config
 from registry.errors import InvalidAdapter
 from workers.errors import AdapterLoadFailed, AdapterRefused
 

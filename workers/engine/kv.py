@@ -10,8 +10,22 @@ the attention mask hides it.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 from transformers import DynamicCache
+
+
+class _LayerKV(Protocol):
+    """One decoder layer's cache, as a plain attention layer holds it once prefilled."""
+
+    keys: torch.Tensor  # [rows, kv_heads, length, head_dim]
+    values: torch.Tensor  # [rows, kv_heads, length, head_dim]
+
+
+def _layers(cache: DynamicCache) -> list[_LayerKV]:
+    """The cache's layers; only attention layers (the engine's models have no linear-attention ones)."""
+    return cast("list[_LayerKV]", cache.layers)
 
 
 class KVBatch:
@@ -26,7 +40,7 @@ class KVBatch:
             self.cache, self.mask = cache, mask
             return
         length = max(self.mask.shape[1], mask.shape[1])
-        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+        for old, new in zip(_layers(self.cache), _layers(cache), strict=True):
             old.keys = torch.cat([_left_pad(old.keys, length, dim=2), _left_pad(new.keys, length, dim=2)])
             old.values = torch.cat([_left_pad(old.values, length, dim=2), _left_pad(new.values, length, dim=2)])
         self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
@@ -41,7 +55,7 @@ class KVBatch:
         mask = self.mask.index_select(0, index)
         pad = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())  # leading columns every row pads
         self.mask = mask[:, pad:]
-        for layer in self.cache.layers:
+        for layer in _layers(self.cache):
             layer.keys = layer.keys.index_select(0, index)[:, :, pad:]
             layer.values = layer.values.index_select(0, index)[:, :, pad:]
 

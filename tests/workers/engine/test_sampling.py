@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from registry.schemas import SamplingParams
-from workers.engine_sampling import choose_tokens, row_generator, warp
+from workers.engine.sampling import choose_tokens, row_generator, warp
 
 
 @settings(max_examples=60, deadline=None)

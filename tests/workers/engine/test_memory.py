@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.memory import BudgetTooSmall, fits, kv_bytes_per_token, plan
+from workers.engine.memory import BudgetTooSmall, fits, kv_bytes_per_token, plan
 
 MIB = 2**20
 

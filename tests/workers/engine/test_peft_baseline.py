@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 
 import pytest
 
 from registry.schemas import FinishReason, SamplingParams
+from workers.demo_model import DEMO_DIR as DEMO
 from workers.demo_model.skills import SKILLS, expected, random_text
-from workers.engine_peft import PeftGenerator
+from workers.engine import EngineConfig
+from workers.engine.peft_baseline import PeftGenerator
 from workers.errors import AdapterLoadFailed
 from workers.generation import AdapterRef, GenRequest
-
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 def ref(skill: str) -> AdapterRef:
@@ -25,7 +24,7 @@ def ref(skill: str) -> AdapterRef:
 
 @pytest.fixture(scope="module")
 def engine() -> PeftGenerator:
-    return PeftGenerator(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=2)
+    return PeftGenerator(EngineConfig(base_model=DEMO / "base", device="cpu", dtype="float32", max_loras=2))
 
 
 def test_mixed_batch_over_every_skill_and_the_base_follows_each_rule(engine: PeftGenerator) -> None:

@@ -1,0 +1,53 @@
+"""The memory plan of a loaded engine: what its model costs, split by :func:`memory.plan`, published.
+
+Measures the loaded model (weights, the stacked LoRA slots, KV bytes per
+token from its config) and the device's memory, so the pure arithmetic in
+:mod:`workers.engine.memory` can refuse to start an engine that cannot hold
+one full-length row, and size the KV cache rows are admitted against.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from workers import metrics
+from workers.engine import memory
+from workers.engine.runner import Runner
+
+
+def plan_memory(runner: Runner, *, budget_mb: int | None) -> memory.MemoryBudget:
+    """The budget is ``budget_mb`` if set, else 90 % of the GPU, else a quarter of host RAM (room for the
+    gateway, Redis and other workers); raises :class:`memory.BudgetTooSmall` below one full row."""
+    cfg = runner.model.config.get_text_config()
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    per_token = memory.kv_bytes_per_token(
+        layers=int(cfg.num_hidden_layers),
+        kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        dtype_bytes=torch.finfo(runner.dtype).bits // 8,
+    )
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    slots = sum(b.numel() * b.element_size() for layer in runner.layers.values() for b in layer.buffers())
+    if budget_mb is not None:
+        budget = budget_mb * 2**20
+    elif runner.device.type == "cuda":
+        budget = int(0.9 * torch.cuda.mem_get_info(runner.device)[1])
+    else:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    return memory.plan(
+        budget=budget, weights=weights, slots=slots, kv_per_token=per_token, min_tokens=runner.max_positions
+    )
+
+
+def publish(plan: memory.MemoryBudget, device: torch.device) -> None:
+    """The plan as gauges, by part; on CUDA, the allocated device memory too."""
+    kv = plan.kv_tokens * plan.kv_bytes_per_token
+    parts = {"budget": plan.budget, "weights": plan.weights, "slots": plan.slots, "activations": plan.activations}
+    for part, value in {**parts, "kv": kv}.items():
+        metrics.MEMORY_BUDGET.labels(part).set(value)
+    metrics.KV_TOKENS.set(plan.kv_tokens)
+    if device.type == "cuda":
+        metrics.watch_device_memory(lambda: float(torch.cuda.memory_allocated(device)))

@@ -1,0 +1,158 @@
+"""The forwards of the loraq engine: the base model, its tokenizer, and the running batch's KV cache.
+
+Every linear module of the decoder blocks is wrapped once at load
+(:func:`workers.engine.layers.wrap`), so one forward serves rows of
+different adapters; which slot each row uses is set on the shared
+:class:`~workers.engine.layers.LoRABatch` by the adapter manager before each
+forward. The runner keeps the running rows' KV cache in the scheduler's row
+order (:class:`~workers.engine.kv.KVBatch`): prefills add rows at the end,
+retiring drops them. Each row's positions are its own, so left padding only
+costs memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from registry.schemas import GenerationResult, SamplingParams
+from workers.decoding import finish_row
+from workers.engine.config import EngineConfig
+from workers.engine.kv import KVBatch
+from workers.engine.layers import LoRABatch, MixedLoRA, wrap
+from workers.engine.row import Row
+from workers.engine.sampling import choose_tokens, row_generator
+from workers.errors import PromptTooLong
+from workers.generation import GenRequest
+
+
+class Runner:
+    """Loads the base model on the calling thread (the engine's: see :class:`LoraEngine`)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.device = torch.device(config.device)
+        self.dtype: torch.dtype = getattr(torch, config.dtype)
+        self.name = config.base_model.name
+        self.tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=self.dtype)
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+        # Slot 0 of every layer is the base model (no adapter); slots 1..max_loras hold adapters.
+        self.batch: LoRABatch
+        self.layers: dict[str, MixedLoRA]
+        self.batch, self.layers = wrap(self.model, slots=config.max_loras + 1, r_max=config.max_lora_rank)
+        self.module_names = frozenset(name for name, _ in self.model.named_modules())
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))  # masked out anyway
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.kv = KVBatch()
+
+    def prepare(self, index: int, req: GenRequest) -> Row:
+        """A row for ``req``; refuses a prompt that leaves no room to generate."""
+        ids: list[int] = self.tokenizer(req.prompt)["input_ids"]
+        room = self.max_positions - len(ids)
+        if room < 1:
+            raise PromptTooLong(f"prompt of {len(ids)} tokens leaves no room in the model's {self.max_positions}")
+        row = Row(
+            index=index,
+            req=req,
+            prompt_ids=ids,
+            cap=min(req.sampling.max_tokens, room),
+            generator=row_generator(req.sampling, self.device),
+        )
+        return row  # row.need <= max_positions <= kv_tokens: the budget always admits one full row
+
+    def row_generator(self, sampling: SamplingParams) -> torch.Generator | None:
+        return row_generator(sampling, self.device)
+
+    # -- forwards ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, rows: Sequence[Row]) -> None:
+        cache = DynamicCache()
+        logits, mask = self.forward_prompts(rows, cache=cache, last_only=True)
+        self._append(rows, logits[:, -1, :])
+        self.kv.add(cache, mask)
+
+    @torch.inference_mode()
+    def decode(self, rows: Sequence[Row]) -> None:
+        ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[len(r.prompt_ids) + len(r.tokens) - 1] for r in rows], device=self.device)
+        mask = self.kv.extend()
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.kv.cache, use_cache=True
+        )
+        self._append(rows, out.logits[:, -1, :])
+
+    @torch.inference_mode()
+    def score(self, rows: Sequence[Row]) -> list[torch.Tensor]:
+        """Each row's logits at every prompt position, [prompt tokens, vocab]; no KV cache kept."""
+        logits, _ = self.forward_prompts(rows, cache=None, last_only=False)
+        return [logits[i, logits.shape[1] - len(r.prompt_ids) :] for i, r in enumerate(rows)]
+
+    def forward_prompts(
+        self, rows: Sequence[Row], *, cache: DynamicCache | None, last_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over the rows' prompts, left-padded; returns logits [rows, width or 1, vocab] and
+        the attention mask [rows, width]."""
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1 if last_only else 0,
+        )
+        logits: torch.Tensor = out.logits
+        return logits, mask
+
+    def _append(self, rows: Sequence[Row], logits: torch.Tensor) -> None:
+        tokens = choose_tokens(logits, [r.req.sampling for r in rows], [r.generator for r in rows])
+        for r, t in zip(rows, tokens, strict=True):
+            r.tokens.append(t)
+
+    # -- the running batch's KV cache -----------------------------------------------------
+
+    @torch.inference_mode()
+    def keep(self, rows: list[int]) -> None:
+        self.kv.keep(rows)
+
+    def reset(self) -> None:
+        self.kv = KVBatch()
+
+    # -- ending a row -------------------------------------------------------------------
+
+    def finished(self, row: Row) -> bool:
+        if row.cancelled or len(row.tokens) >= row.cap or row.tokens[-1] in self.eos_ids:
+            return True
+        stops = row.req.sampling.stop
+        if not stops:
+            return False
+        # Only the tail can hold a stop string that just appeared: decode enough tokens for the
+        # longest one (each token is at least one byte, a character at most four), not the whole row.
+        tail = self.decode_text(row.tokens[-(4 * max(map(len, stops)) + 8) :])
+        return any(s in tail for s in stops)
+
+    def result(self, row: Row) -> GenerationResult:
+        return finish_row(
+            row.tokens,
+            sampling=row.req.sampling.model_copy(update={"max_tokens": row.cap}),
+            eos_ids=self.eos_ids,
+            pad_id=None,
+            prompt_tokens=len(row.prompt_ids),
+            decode=self.decode_text,
+        )
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
