@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry import routes
-from registry.adapter_check import AdapterInfo
+from registry.artifacts.checks import AdapterInfo
 from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, BaseModelRow, Route, Tenant, utcnow
 from registry.routing import choose_version, in_shadow

@@ -41,7 +41,7 @@ class InvalidRequest(LoraqError):
 
 
 class InvalidAdapter(LoraqError):
-    """An adapter that cannot be served on this base (see ``registry.adapter_check``)."""
+    """An adapter that cannot be served on this base (see ``registry.artifacts.checks``)."""
 
     kind = ErrorKind.INVALID
     code = "invalid_adapter"

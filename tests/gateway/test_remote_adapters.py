@@ -6,10 +6,11 @@ from pathlib import Path
 
 import fsspec
 
-from registry.adapter_check import file_sha256
-from tests.gateway.test_bad_input import DEMO, make_gateway
+from registry.artifacts.checks import file_sha256
+from tests.gateway.test_bad_input import make_gateway
+from workers.demo_model import adapter_dir
 
-UPPER = DEMO / "adapters" / "upper"
+UPPER = adapter_dir("upper")
 
 
 def test_a_remote_adapter_under_a_store_root_is_validated_and_recorded_by_its_url(

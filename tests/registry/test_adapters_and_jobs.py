@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.adapter_check import AdapterInfo
 from registry.adapters import (
     ResolvedAdapter,
     active_adapter_names,
@@ -27,6 +26,7 @@ from registry.adapters import (
     resolve,
     route_weights,
 )
+from registry.artifacts.checks import AdapterInfo
 from registry.db import transaction
 from registry.errors import Conflict, NotFound
 from registry.jobs import Outcome, create_job, discard_unpublished, get_view, new_job_id, record, start
