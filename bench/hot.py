@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
-from e2e import DEMO, WORKER_ENV, Pipeline, start_redis, wait_workers  # same directory
+from e2e import WORKER_ENV, Pipeline  # same directory
 
-from gateway.stack import worker_argv
+from gateway.processes import start_redis
+from gateway.stack import wait_for_workers
+from workers.demo_model import adapter_dir
 from workers.demo_model.skills import SKILLS
 
 
@@ -36,17 +38,17 @@ def main() -> None:
     skills = sorted(SKILLS)
     with tempfile.TemporaryDirectory(prefix="loraq-bench-hot-") as tmp:
         home = Path(tmp)
-        redis_proc, redis_url = start_redis(home)
-        pipeline = Pipeline(home, redis_url, ["upper-0"])
+        redis_server = start_redis(home / "redis", log=home / "redis.log")
+        pipeline = Pipeline(home, redis_server.url, ["upper-0"])
         try:
-            pipeline.stack.spawn("w0", worker_argv("w0"), extra_env=WORKER_ENV)
-            wait_workers(redis_url, 1)
+            pipeline.stack.spawn_worker("w0", extra_env=WORKER_ENV)
+            wait_for_workers(pipeline.stack, count=1, timeout=120)
             http = httpx.Client(base_url=pipeline.stack.url, headers=pipeline.headers, timeout=60)
             times = []
             for i in range(-1, args.trials):  # trial -1 warms the worker up and is not counted
                 name, skill = f"hot-{i + 1}", skills[(i + 1) % len(skills)]
                 started = time.perf_counter()
-                resp = http.post("/v1/adapters", json={"name": name, "uri": str(DEMO / "adapters" / skill)})
+                resp = http.post("/v1/adapters", json={"name": name, "uri": str(adapter_dir(skill))})
                 resp.raise_for_status()
                 job = http.post("/v1/jobs", json={"adapter": name, "prompt": "hot", "max_tokens": 8}).json()
                 while (view := http.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json())["status"] in (
@@ -62,8 +64,7 @@ def main() -> None:
                 print(f"trial {i}: {elapsed:.3f}s", file=sys.stderr)
         finally:
             pipeline.close()
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_server.stop()
     common = {"trials": len(times), "goal_s": 1.0}
     print(
         json.dumps(

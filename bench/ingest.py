@@ -32,9 +32,10 @@ from pathlib import Path
 import httpx
 import orjson
 import redis
-from e2e import DEMO, Pipeline, emit, start_redis  # bench/ is on sys.path when run as a script
+from e2e import Pipeline, emit  # bench/ is on sys.path when run as a script
 from sqlalchemy import create_engine, make_url, select, text
 
+from gateway.processes import start_redis
 from registry.models import BatchRow
 from workers.demo_model.skills import SKILLS
 
@@ -125,12 +126,12 @@ def run(db: str, args: argparse.Namespace, adapters: list[str]) -> None:
         data = home / "bulk.jsonl"
         make_file(data, args.lines, adapters)
         mib = round(data.stat().st_size / 2**20, 1)
-        redis_proc, redis_url = start_redis(home)
+        redis_server = start_redis(home / "redis", log=home / "redis.log")
         schema = None
         db_url = None
         if db == "postgresql":
             db_url, schema = postgres_schema()
-        pipeline = Pipeline(home, redis_url, adapters, db_url=db_url, gateway_workers=args.gateway_workers)
+        pipeline = Pipeline(home, redis_server.url, adapters, db_url=db_url, gateway_workers=args.gateway_workers)
         try:
             pid = pipeline.stack.procs["gateway"].pid
             rss_before = memory_mb(pid, "VmRSS")
@@ -139,8 +140,7 @@ def run(db: str, args: argparse.Namespace, adapters: list[str]) -> None:
             post_s = asyncio.run(posts(pipeline, args.posts, adapters, args.concurrency))
         finally:
             pipeline.close()
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_server.stop()
             if schema is not None:
                 drop_schema(schema)
     bulk_rate = args.lines / seconds
@@ -182,7 +182,6 @@ def main() -> None:
     args = parser.parse_args()
     skills = sorted(SKILLS)
     adapters = [f"{skills[i % len(skills)]}-{i}" for i in range(20)]
-    assert DEMO.is_dir()
     for db in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
         run(db, args, adapters)
 

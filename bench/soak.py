@@ -32,10 +32,10 @@ from pathlib import Path
 
 import httpx
 import orjson
-from e2e import Pipeline, emit, start_redis  # bench/ is on sys.path when run as a script
+from e2e import Pipeline, emit  # bench/ is on sys.path when run as a script
 from sqlalchemy import func, select
 
-from gateway.stack import worker_argv
+from gateway.processes import start_redis
 from registry.models import BatchRow, Job
 from workers.demo_model.skills import SKILLS
 
@@ -59,7 +59,7 @@ def make_file(path: Path, jobs: int, adapters: list[str]) -> None:
 
 
 def spawn(pipeline: Pipeline, name: str) -> None:
-    pipeline.stack.spawn(name, worker_argv(name), extra_env=WORKER_ENV)
+    pipeline.stack.spawn_worker(name, extra_env=WORKER_ENV)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> None:
     adapters = [f"{skills[i % len(skills)]}-{i}" for i in range(args.adapters)]
     with tempfile.TemporaryDirectory(prefix="loraq-soak-") as tmp:
         home = Path(tmp)
-        redis_proc, redis_url = start_redis(home)
-        pipeline = Pipeline(home, redis_url, adapters)
+        redis_server = start_redis(home / "redis", log=home / "redis.log")
+        pipeline = Pipeline(home, redis_server.url, adapters)
         try:
             for name in ("w1", "w2"):
                 spawn(pipeline, name)
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> None:
                 total = int(s.scalar(select(BatchRow.total)) or 0)
         finally:
             pipeline.close()
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_server.stop()
     ids = [o["custom_id"] for o in outputs]
     lost = (args.jobs - ended) + (args.jobs - len(set(ids)))
     duplicated = (rows - distinct) + (len(ids) - len(set(ids)))

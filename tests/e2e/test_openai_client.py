@@ -13,7 +13,8 @@ import pytest
 from openai import OpenAI
 
 from gateway.cli import DEMO_PHRASES
-from tests.fixtures.stack import DEMO_ADAPTERS, RunningStack
+from tests.fixtures.stack import RunningStack
+from workers.demo_model import adapter_dir
 from workers.demo_model.skills import expected
 
 pytestmark = [pytest.mark.e2e]
@@ -27,7 +28,7 @@ def client(loraq_stack: RunningStack) -> OpenAI:
         present = {a["name"] for a in http.get("/v1/adapters").json()}
         for skill in SKILLS:
             if skill not in present:
-                resp = http.post("/v1/adapters", json={"name": skill, "uri": str(DEMO_ADAPTERS / skill)})
+                resp = http.post("/v1/adapters", json={"name": skill, "uri": str(adapter_dir(skill))})
                 assert resp.is_success, resp.text
     return OpenAI(base_url=f"{loraq_stack.url}/v1", api_key=loraq_stack.admin_key, max_retries=0, timeout=120)
 

@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 
 from registry.db import make_engine, session_factory
 from registry.models import Adapter, Job
-from tests.fixtures.stack import DEMO_ADAPTERS, RunningStack
+from tests.fixtures.stack import RunningStack
+from workers.demo_model import adapter_dir
 
 pytestmark = [pytest.mark.e2e]
 
@@ -44,7 +45,7 @@ def loraq(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
 def ran(loraq_stack: RunningStack) -> dict[str, int]:
     """Ten jobs on an adapter of this module's own, all ended; returns the registry's counts and token sums."""
     with loraq_stack.client() as http:
-        assert http.post("/v1/adapters", json={"name": ADAPTER, "uri": str(DEMO_ADAPTERS / "upper")}).is_success
+        assert http.post("/v1/adapters", json={"name": ADAPTER, "uri": str(adapter_dir("upper"))}).is_success
         ids = [
             http.post("/v1/jobs", json={"adapter": ADAPTER, "prompt": f"metric {i}", "max_tokens": 24}).json()["id"]
             for i in range(10)

@@ -20,7 +20,6 @@ from workers.demo_model.skills import SKILLS, expected, random_text
 pytestmark = [pytest.mark.e2e]
 
 
-
 def register_skills(stack: RunningStack) -> dict[str, int]:
     versions = {}
     with stack.client() as http:

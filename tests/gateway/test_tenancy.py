@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.test_bad_input import DEMO, make_gateway
+from tests.gateway.test_bad_input import make_gateway
+from workers.demo_model import adapter_dir
 
-UPPER = str(DEMO / "adapters" / "upper")
+UPPER = str(adapter_dir("upper"))
 
 
 def test_tenants_see_and_touch_only_their_own_jobs_and_private_adapters(tmp_path: Path, redis_url: str) -> None:
