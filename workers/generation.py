@@ -1,7 +1,7 @@
 """The small interface every generation engine implements.
 
 The foundation runs PEFT's mixed-adapter ``generate``
-(:mod:`workers.engine_peft`); the fast engine replaces it behind the same
+(:mod:`workers.engine.peft_baseline`); the fast engine replaces it behind the same
 two methods. Torch-free so the batcher and its tests do not need torch.
 """
 

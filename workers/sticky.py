@@ -4,7 +4,11 @@ Pure function over plain data (no Redis, no Celery, no torch). The
 consumer bootstep (``workers.services.planner``) feeds it the queues' state and
 the adapters resident in the engine, and consumes exactly what it returns.
 
-The rules, in order:
+The engine runs mixed batches: rows of up to ``slots`` different adapters
+share one step, so serving several adapters together costs nothing; what
+costs is a swap, copying an adapter that is not in a slot into one (it stalls
+the running batch, and evicts an adapter that may be wanted again). The
+rules, in order:
 
 1. **Overdue first.** A queue whose oldest message has waited ``max_wait_s``
    (interactive messages count ``interactive_weight`` times their age) is
@@ -13,15 +17,14 @@ The rules, in order:
    then outranks every queue whose oldest job is younger.
 2. **Sticky.** Queues of adapters already resident in the engine, while
    they have backlog: no swap needed to serve them.
-3. **Fill, only when needed.** If the queues chosen so far hold fewer jobs
-   than a batch (``batch_rows``), other queues with backlog are added,
-   deepest first (a deep queue amortises its swap over many jobs), until
-   they do; a queue that would need a swap is only worth it with at least
-   ``min_swap_depth`` jobs (or while the engine has a free slot, or when the
-   worker has nothing else to do: then a swap delays nobody). A worker
-   never swaps an adapter in while its resident ones can fill the batch,
-   and a shallow queue waits until it is overdue (rule 1), then goes
-   together with the others that became overdue.
+3. **Fill the batch with what pays.** While the queues chosen so far hold
+   fewer jobs than a batch (``batch_rows``: the worker has spare places),
+   other queues with backlog join the mixed batch, oldest first, if their
+   swap pays: a free slot (nothing is evicted), ``min_swap_depth`` jobs (the
+   swap is amortised), or a job that already waited ``swap_after_s`` (about a
+   plan tick: in a mixed-batch engine a tail adapter rarely gathers more
+   jobs by waiting longer, so waiting would only add wait). A worker with nothing else to do takes any
+   backlog (work-conserving: a swap then delays nobody).
 
 At most ``slots`` queues are consumed, so every pulled batch fits the
 engine's adapter slots without thrashing. Each worker runs the policy on its
@@ -41,15 +44,21 @@ class StickyConfig:
     slots: int  # adapters the engine holds at once (max_loras)
     max_wait_s: float  # a queue is served once its oldest job has waited this long
     batch_rows: int = 16  # jobs one batch takes; fill queues are added only to reach it
-    min_swap_depth: int = 4  # a non-resident queue must hold this many jobs to be worth a swap
+    min_swap_depth: int = 4  # a non-resident queue holding this many jobs is worth a swap at once
 
     interactive_weight: float = 4.0  # interactive jobs become overdue this many times sooner
+    swap_after_s: float = 0.1  # a non-resident queue whose oldest job waited this long (a plan tick) is worth a swap
 
 
 def urgency(queue: QueueState, config: StickyConfig) -> float:
     """Effective age in seconds; ``>= max_wait_s`` means overdue."""
     weight = config.interactive_weight if queue.interactive > 0 else 1.0
     return queue.oldest_age_s * weight
+
+
+def swap_pays(queue: QueueState, config: StickyConfig, *, free_slots: int) -> bool:
+    """Whether serving a non-resident queue is worth copying its adapter into a slot now."""
+    return free_slots > 0 or queue.depth >= config.min_swap_depth or urgency(queue, config) >= config.swap_after_s
 
 
 def choose_queues(queues: Sequence[QueueState], *, resident: Collection[str], config: StickyConfig) -> list[str]:
@@ -61,19 +70,14 @@ def choose_queues(queues: Sequence[QueueState], *, resident: Collection[str], co
     )
     overdue = [q for q in backlog if urgency(q, config) >= config.max_wait_s]
     sticky = [q for q in backlog if q.adapter in resident]
-    free_slots = max(0, config.slots - len(resident))
-    idle = not overdue and not sticky  # nothing else to do: a swap costs no other queue anything
-    fill = [
-        q
-        for q in sorted(backlog, key=lambda q: (q.depth, urgency(q, config)), reverse=True)
-        if q.adapter in resident or q.depth >= config.min_swap_depth or free_slots > 0 or idle
-    ]
     chosen: dict[str, QueueState] = {}
     for queue in (*overdue, *sticky):
         if len(chosen) < config.slots:
             chosen.setdefault(queue.adapter, queue)
-    for queue in fill:
+    free_slots = max(0, config.slots - len(resident))
+    fill = [q for q in backlog if q.adapter not in chosen and swap_pays(q, config, free_slots=free_slots)]
+    for queue in fill or ([] if chosen else backlog):
         if len(chosen) >= config.slots or sum(q.depth for q in chosen.values()) >= config.batch_rows:
             break
-        chosen.setdefault(queue.adapter, queue)
+        chosen[queue.adapter] = queue
     return list(chosen)

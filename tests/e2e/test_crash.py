@@ -61,8 +61,13 @@ def test_killed_workers_lose_nothing_and_record_every_job_once(tmp_path: Path, r
         assert len(rows) == JOBS
         assert any(j.attempts > 1 for j in rows.values()), "no job was running when a worker died"
         celery = make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER)  # reads results
+        # A redelivered message (its worker was killed after recording) may still be running its
+        # duplicate, which writes STARTED before it answers with the recorded result: wait for it.
         for job_id in ids:
             result = celery.AsyncResult(job_id)
+            deadline = time.monotonic() + 60
+            while result.state != "SUCCESS" and time.monotonic() < deadline:
+                time.sleep(0.5)
             assert result.state == "SUCCESS", (job_id, result.state)
             assert result.result["status"] == "succeeded"
             assert result.result["text"] == rows[job_id].text

@@ -1,7 +1,7 @@
 """Adapter and job repositories on a real database of each backend.
 
 Adapter versions are built from plausible ``AdapterInfo`` values directly:
-these tests are about the repository, not validation (see test_adapter_check).
+these tests are about the repository, not validation (see test_artifacts).
 """
 
 from __future__ import annotations
