@@ -13,7 +13,6 @@ from gateway.deps import ADMIN_TENANT
 from gateway.settings import GatewaySettings
 from registry import adapters, keys
 from registry.adapters import BASE_ADAPTER
-from workers.contract.messages import Publisher
 
 
 def aliases(settings: GatewaySettings) -> dict[str, str]:
@@ -28,8 +27,6 @@ def ensure(session: Session, *, settings: GatewaySettings) -> bool:
     return adapters.ensure_base_adapter(session, base=base, owner=owner)
 
 
-def ensure_and_announce(session: Session, *, settings: GatewaySettings, publisher: Publisher) -> None:
+def ensure_committed(session: Session, *, settings: GatewaySettings) -> None:
     with session.begin():
-        created = ensure(session, settings=settings)
-    if created:
-        publisher.announce_routes()
+        ensure(session, settings=settings)

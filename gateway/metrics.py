@@ -25,10 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import status
 from registry.models import Adapter, AdapterVersion, BatchRow, Job, utcnow
-from workers.contract import heartbeat
+from workers.contract import backlog, heartbeat
 from workers.contract.broker import read_states
 
 log = logging.getLogger(__name__)
+
+METRICS_MAX_QUEUES = 1000  # queues with work listed per scrape, longest waiting first (the rest: loraq_backlog_queues)
 
 
 def _gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
@@ -42,23 +44,22 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = _gauge("loraq_up", "Whether the gateway reached this dependency while scraping.", "dependency")
-        adapters: list[str] = []
         try:
-            families, adapters = self._registry()
+            families = self._registry()
             yield from families
             up.add_metric(["database"], 1)
         except Exception:
             log.warning("metrics: the registry did not answer", exc_info=True)
             up.add_metric(["database"], 0)
         try:
-            yield from self._redis(adapters)
+            yield from self._redis()
             up.add_metric(["redis"], 1)
         except Exception:
             log.warning("metrics: Redis did not answer", exc_info=True)
             up.add_metric(["redis"], 0)
         yield up
 
-    def _registry(self) -> tuple[list[GaugeMetricFamily], list[str]]:
+    def _registry(self) -> list[GaugeMetricFamily]:
         jobs = _gauge(
             "loraq_jobs", "Jobs in the registry by adapter, version and status.", "adapter", "version", "status"
         )
@@ -78,14 +79,18 @@ class FleetCollector(Collector):
                     oldest.add_metric([queue.adapter], queue.oldest_wait_s)
             for state, count in session.execute(select(BatchRow.status, func.count()).group_by(BatchRow.status)):
                 batches.add_metric([state], count)
-            names = list(session.scalars(select(Adapter.name).order_by(Adapter.name)))
-        return [jobs, oldest, batches], names
+        return [jobs, oldest, batches]
 
-    def _redis(self, adapters: list[str]) -> list[GaugeMetricFamily]:
+    def _redis(self) -> list[GaugeMetricFamily]:
         messages = _gauge(
-            "loraq_queue_messages", "Messages in the adapter's Redis queue (a bulk chunk is one).", "adapter"
+            "loraq_queue_messages",
+            "Messages in the adapter's Redis queue (a bulk chunk is one); queues with work only.",
+            "adapter",
         )
-        for state in read_states(self.client, adapters):
+        waiting = _gauge("loraq_backlog_queues", "Adapter queues with waiting work (the backlog index).")
+        waiting.add_metric([], backlog.size(self.client))
+        indexed = [adapter for adapter, _ in backlog.waiting(self.client, limit=METRICS_MAX_QUEUES)]
+        for state in read_states(self.client, indexed):
             messages.add_metric([state.adapter], state.depth)
         workers = _gauge("loraq_workers", "Workers whose heartbeat is live.")
         age = _gauge("loraq_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", "worker")
@@ -95,7 +100,7 @@ class FleetCollector(Collector):
         for record in records:
             age.add_metric([record.name], record.age_s())
             resident.add_metric([record.name], len(record.resident))
-        return [messages, workers, age, resident]
+        return [messages, waiting, workers, age, resident]
 
 
 def install(app: FastAPI, *, sessions: sessionmaker[Session], redis_url: str) -> None:

@@ -42,7 +42,7 @@ def submit(
         max_tokens_limit=settings.max_tokens_limit,
     )
     if body.adapter == adapters.BASE_ADAPTER:
-        base_model.ensure_and_announce(session, settings=settings, publisher=publisher)
+        base_model.ensure_committed(session, settings=settings)
     job_id = jobs.new_job_id()
     with session.begin():
         resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)

@@ -13,7 +13,7 @@ What runs in a worker process (``docs/architecture.md`` draws it):
 - the Celery **thread pool**: each task hands its job(s) to the runtime and
   waits; messages are acknowledged after their results are recorded;
 - the **planner** (a consumer bootstep on Celery's consumer timer): which
-  adapter queues to consume;
+  adapter queues to consume, read from the backlog index;
 - the **heartbeat** and the **reconciler**, each on a thread of its own.
 """
 
@@ -32,18 +32,17 @@ from celery.signals import setup_logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import logs
-from registry.adapters import BASE_ADAPTER, active_adapter_names
+from registry.adapters import BASE_ADAPTER
 from registry.db import engine_from_settings, session_factory
 from workers import metrics
-from workers.contract.broker import read_states
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.messages import Publisher
-from workers.contract.names import ROUTES_EPOCH_KEY, cancel_key
+from workers.contract.names import cancel_key
 from workers.generation import Generator
 from workers.runtime import Runtime
 from workers.services.heartbeat import Heartbeat
 from workers.services.periodic import Periodic
-from workers.services.planner import make_planner
+from workers.services.planner import QueueReader, make_planner
 from workers.services.reconciler import Reconciler
 from workers.settings import WorkerSettings
 from workers.sticky import StickyConfig
@@ -155,16 +154,11 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         app, lambda: runtime.current() or runtime.start(app.conf.get("worker_name") or "worker"), publisher=publisher
     )
 
-    def adapters() -> list[str]:
-        with sessions() as session:
-            return active_adapter_names(session)
-
+    reader = QueueReader(broker, limit=settings.plan_max_queues)
     app.steps["consumer"].add(
         make_planner(
-            adapters=adapters,
-            states=lambda names: read_states(broker, names),
+            read=reader.read,
             resident=runtime.resident,
-            routes_epoch=lambda: broker.get(ROUTES_EPOCH_KEY),
             config=StickyConfig(
                 slots=settings.max_loras,
                 max_wait_s=settings.sticky_max_wait_s,
@@ -172,7 +166,6 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
                 min_swap_depth=settings.min_swap_depth,
             ),
             plan_interval=settings.plan_interval_ms / 1000,
-            refresh_interval=settings.queue_refresh_s,
             chunk_jobs=settings.queue.bulk_chunk_jobs,
         )
     )

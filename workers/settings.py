@@ -22,8 +22,9 @@ class WorkerSettings(BaseSettings):
     max_batch_rows: int = Field(default=16, ge=1, le=1024, description="Rows per batch; also the thread pool size.")
     batch_wait_ms: int = Field(default=25, ge=0, le=5000, description="How long a batch waits to fill.")
     max_loras: int = Field(default=8, ge=1, description="Adapters resident at once.")
-    queue_refresh_s: float = Field(
-        default=1.0, gt=0, description="How often the worker re-reads the adapter list and heartbeats."
+    queue_refresh_s: float = Field(default=1.0, gt=0, description="How often the worker heartbeats.")
+    plan_max_queues: int = Field(
+        default=256, ge=1, le=100_000, description="Queues with work a plan tick reads at most, longest waiting first."
     )
     plan_interval_ms: int = Field(
         default=100, ge=10, le=10_000, description="How often the worker re-plans which adapter queues it consumes."

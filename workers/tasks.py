@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy.exc import OperationalError
 
 from registry.schemas import Priority, TaskJob
-from workers.contract.messages import Publisher, argsrepr_for
+from workers.contract.messages import Publisher, TaskPayload, argsrepr_for, waiting_since
 from workers.contract.names import RUN_CHUNK_TASK, RUN_JOB_TASK
 from workers.runtime import Runtime
 
@@ -26,6 +26,13 @@ DB_RETRIES = 150  # five minutes of database outage before the message is given 
 
 
 def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Publisher) -> None:
+    def requeue(task: Any, payload: TaskPayload | list[TaskPayload], **options: Any) -> BaseException:
+        """Celery's own retry, sent as the gateway would: no prompt in ``argsrepr`` (Celery drops the
+        original's), and the adapter marked in the backlog index once the message is back in Redis."""
+        retry: BaseException = task.retry(throw=False, argsrepr=argsrepr_for(payload), **options)
+        publisher.mark(waiting_since(payload))
+        return retry
+
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_job(self: Any, payload: dict[str, Any]) -> dict[str, object]:
         job_id: str = self.request.id
@@ -34,9 +41,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
             outcome = runtime().run(task)
         except OperationalError as exc:
             # The registry is unreachable: put the job back rather than lose it.
-            raise self.retry(
-                exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES, argsrepr=argsrepr_for(payload)
-            ) from exc
+            raise requeue(self, payload, exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
         except Exception as exc:
             # Anything else would be acknowledged with the row left live forever:
             # record the failure on the job (exactly once) and report it.
@@ -44,7 +49,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
             message = f"{type(exc).__name__}: {exc}"[:2000]
             return runtime().fail(job_id, code="worker_error", message=message).as_celery_result()
         if outcome.status == "retry":  # the row failed unexpectedly and has attempts left
-            raise self.retry(countdown=RETRY_DELAY_S, max_retries=None, argsrepr=argsrepr_for(payload))
+            raise requeue(self, payload, countdown=RETRY_DELAY_S, max_retries=None)
         return outcome.as_celery_result()
 
     @app.task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
@@ -55,9 +60,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
             tasks = [TaskJob.model_validate(p) for p in payload]
             outcomes = runtime().run_many(tasks)
         except OperationalError as exc:
-            raise self.retry(
-                exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES, argsrepr=argsrepr_for(payload)
-            ) from exc
+            raise requeue(self, payload, exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc
         except Exception as exc:
             log.exception("chunk %s failed in the worker", self.request.id)
             return fail_chunk(runtime(), payload, exc)

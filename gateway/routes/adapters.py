@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from gateway.deps import AdminTenant, CurrentTenant, PublisherDep, SessionDep, SettingsDep
+from gateway.deps import AdminTenant, CurrentTenant, SessionDep, SettingsDep
 from registry import adapters, keys, routes
 from registry.artifacts.checks import validate_adapter
 from registry.artifacts.remote import validate_remote
@@ -60,7 +60,7 @@ def _owner_names(session: SessionDep) -> dict[int, str]:
 
 @router.post("", status_code=201, response_model=AdapterView)
 def register_adapter(
-    body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep, publisher: PublisherDep
+    body: AdapterCreate, admin: AdminTenant, session: SessionDep, settings: SettingsDep
 ) -> AdapterView:
     """Validate a PEFT LoRA against the base model, record a new version, route 100 % to it."""
     if body.name == adapters.BASE_ADAPTER:
@@ -90,7 +90,6 @@ def register_adapter(
             public=body.public,
             staged=body.staged,
         )
-    publisher.announce_routes()
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=body.name)
         return _view(session, adapter, _owner_names(session), viewer=admin)
@@ -103,14 +102,11 @@ def list_adapters(tenant: CurrentTenant, session: SessionDep) -> list[AdapterVie
         return [_view(session, a, owners, viewer=tenant) for a in adapters.list_visible(session, tenant=tenant)]
 
 
-def _changed(
-    session: SessionDep, admin: AdminTenant, publisher: PublisherDep, name: str, change: Callable[[Adapter], object]
-) -> AdapterView:
+def _changed(session: SessionDep, admin: AdminTenant, name: str, change: Callable[[Adapter], object]) -> AdapterView:
     """Apply one route change in one transaction, tell the workers, return the adapter as it is now."""
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=name)
         change(adapter)
-    publisher.announce_routes()
     with session.begin():
         adapter = adapters.get_visible(session, tenant=admin, name=name)
         return _view(session, adapter, _owner_names(session), viewer=admin)
@@ -124,33 +120,29 @@ def stats(name: str, tenant: CurrentTenant, session: SessionDep) -> list[Version
 
 
 @router.put("/{name}/route", response_model=AdapterView)
-def set_route(
-    name: str, body: RouteSet, admin: AdminTenant, session: SessionDep, publisher: PublisherDep
-) -> AdapterView:
+def set_route(name: str, body: RouteSet, admin: AdminTenant, session: SessionDep) -> AdapterView:
     """Split traffic over versions (weights sum to 100), optionally shadowing a fraction onto another."""
     spec = routes.RouteSpec(
         weights=body.weights,
         shadow_version=body.shadow.version if body.shadow else None,
         shadow_fraction=body.shadow.fraction if body.shadow else 0.0,
     )
-    return _changed(session, admin, publisher, name, lambda a: routes.set_route(session, a, spec, actor=admin.name))
+    return _changed(session, admin, name, lambda a: routes.set_route(session, a, spec, actor=admin.name))
 
 
 @router.post("/{name}/promote", response_model=AdapterView)
-def promote(name: str, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
+def promote(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
     """The canary (the newest version with traffic) takes 100 %."""
-    return _changed(session, admin, publisher, name, lambda a: routes.promote(session, a, actor=admin.name))
+    return _changed(session, admin, name, lambda a: routes.promote(session, a, actor=admin.name))
 
 
 @router.post("/{name}/rollback", response_model=AdapterView)
-def rollback(name: str, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
+def rollback(name: str, admin: AdminTenant, session: SessionDep) -> AdapterView:
     """Undo the newest route change; the next job already follows the route before it."""
-    return _changed(session, admin, publisher, name, lambda a: routes.rollback(session, a, actor=admin.name))
+    return _changed(session, admin, name, lambda a: routes.rollback(session, a, actor=admin.name))
 
 
 @router.post("/{name}/versions/{version}/retire", response_model=AdapterView)
-def retire(name: str, version: int, admin: AdminTenant, session: SessionDep, publisher: PublisherDep) -> AdapterView:
+def retire(name: str, version: int, admin: AdminTenant, session: SessionDep) -> AdapterView:
     """Stop routing to a version that takes no traffic; running jobs finish."""
-    return _changed(
-        session, admin, publisher, name, lambda a: routes.retire(session, a, version=version, actor=admin.name)
-    )
+    return _changed(session, admin, name, lambda a: routes.retire(session, a, version=version, actor=admin.name))

@@ -13,10 +13,11 @@ from gateway.deps import AdminTenant, SessionsDep, SettingsDep
 from registry import status
 from registry.adapters import active_adapter_names
 from registry.models import utcnow
-from workers.contract import heartbeat
+from workers.contract import backlog, heartbeat
 from workers.contract.broker import read_states
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
+STATUS_MAX_QUEUES = 1000  # queues with work read from Redis, longest waiting first
 
 
 @router.get("/status")
@@ -30,13 +31,15 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
         queues = status.queues(session, now=now)
         activity = status.workers(session, now=now)
         routes = status.routes(session, now=now)
-        adapters = sorted(set(active_adapter_names(session)) | {q.adapter for q in queues})
+        routed = set(active_adapter_names(session))
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
     try:
-        messages = {s.adapter: s.depth for s in read_states(client, adapters)}
+        indexed = [adapter for adapter, _ in backlog.waiting(client, limit=STATUS_MAX_QUEUES)]
+        messages = {s.adapter: s.depth for s in read_states(client, indexed)}
         beats = heartbeat.read_all(client)
     finally:
         client.close()
+    adapters = sorted(routed | {q.adapter for q in queues} | set(messages))
     by_name = {q.adapter: q for q in queues}
     return {
         "at": time.time(),

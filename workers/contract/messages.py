@@ -12,7 +12,7 @@ who can open it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +22,11 @@ from kombu.messaging import Producer
 
 from registry.errors import Unavailable
 from registry.schemas import Priority, TaskJob
+from workers.contract import backlog
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.names import (
     CANCEL_TTL_S,
     CHUNK_JOBS_HEADER,
-    ROUTES_EPOCH_KEY,
     RUN_CHUNK_TASK,
     RUN_JOB_TASK,
     cancel_key,
@@ -59,6 +59,15 @@ def argsrepr_for(payload: TaskPayload | Sequence[TaskPayload]) -> str:
         return f"[job of {payload.get('adapter')} v{payload.get('version')}]"
     adapter = payload[0].get("adapter") if payload else None
     return f"[{len(payload)} jobs of {adapter}]"
+
+
+def waiting_since(payload: TaskPayload | Sequence[TaskPayload]) -> dict[str, float]:
+    """Adapter -> the earliest enqueue time among these jobs: what the backlog index is told."""
+    since: dict[str, float] = {}
+    for job in [payload] if isinstance(payload, dict) else payload:
+        adapter, at = str(job["adapter"]), float(job["enqueued_at"])
+        since[adapter] = min(since.get(adapter, at), at)
+    return since
 
 
 def job_message(task: TaskJob, *, priority: Priority) -> TaskMessage:
@@ -121,6 +130,7 @@ class Publisher:
     def publish(self, task: TaskJob, *, priority: Priority) -> None:
         with self._unavailable("The job queue (Redis) is unavailable; the job was not accepted. Retry later."):
             send(self.app, job_message(task, priority=priority), retry=not self.fail_fast)
+        self.mark({task.adapter: task.enqueued_at})
 
     def publish_chunks(self, chunks: Sequence[tuple[str, Sequence[TaskPayload]]], *, priority: Priority) -> None:
         """Bulk chunks through one producer, their LPUSHes pipelined (kombu's publish batch: one
@@ -134,6 +144,16 @@ class Publisher:
         ):
             for message in messages:
                 send(self.bulk_app, message, retry=not self.fail_fast, producer=producer)
+        self.mark(waiting_since([p for _, payloads in chunks for p in payloads]))
+
+    def mark(self, waiting_since: Mapping[str, float]) -> None:
+        """Put these adapters in the backlog index, after their messages are in Redis. Best effort:
+        a mark lost here is repaired by the reconciler once the job has waited past its grace."""
+        try:
+            with self.app.connection_for_write() as conn:
+                backlog.mark(conn.default_channel.client, waiting_since)
+        except Exception:
+            log.warning("could not mark %s in the backlog index", sorted(waiting_since), exc_info=True)
 
     def signal_cancel(self, job_id: str) -> None:
         """Tell running workers to stop ``job_id`` at their next step. Best effort:
@@ -143,15 +163,6 @@ class Publisher:
                 conn.default_channel.client.set(cancel_key(job_id), "1", ex=CANCEL_TTL_S)
         except Exception:
             log.warning("could not signal the cancellation of %s to workers", job_id, exc_info=True)
-
-    def announce_routes(self) -> None:
-        """Tell running workers that adapters or routes changed, so they re-read them within a
-        plan tick instead of their next refresh. Best effort: they refresh anyway."""
-        try:
-            with self.app.connection_for_write() as conn:
-                conn.default_channel.client.incr(ROUTES_EPOCH_KEY)
-        except Exception:
-            log.warning("could not announce a route change to workers", exc_info=True)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:

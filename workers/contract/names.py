@@ -20,7 +20,7 @@ CHUNK_JOBS_HEADER = "loraq_jobs"  # message header of a chunk: its job ids (the 
 # --- loraq's own Redis keys ---------------------------------------------------------------------
 CANCEL_KEY = "loraq:cancel:{job_id}"  # set by the gateway when a job is cancelled; workers stop its row
 CANCEL_TTL_S = 24 * 3600
-ROUTES_EPOCH_KEY = "loraq:routes:epoch"  # bumped on every adapter or route change; workers re-read at once
+BACKLOG_KEY = "loraq:backlog"  # sorted set: adapter -> when its queue last went from empty to waiting (epoch s)
 WORKER_KEY = "loraq:worker:{name}"  # a worker's heartbeat record (JSON), expires when heartbeats stop
 RECONCILE_LOCK = "loraq:reconcile"  # held by the one worker re-publishing lost messages this round
 

@@ -3,20 +3,19 @@
 Every ``plan_interval`` seconds, on the Celery consumer's timer (only that
 thread may add and cancel queues):
 
-1. read the state of every routed adapter's queue (depth, oldest age,
-   interactive backlog: one pipelined round trip) and the adapters resident
-   in the engine;
+1. read the queues that have work, from the backlog index, and the adapters
+   resident in the engine (:class:`QueueReader`: depth, oldest age,
+   interactive backlog, in a bounded number of commands however many
+   adapters are registered);
 2. ask the pure policy (:func:`workers.sticky.choose_queues`) which queues
    to consume, and add / cancel consumers to match
    (``Consumer.add_task_queue`` / ``cancel_task_queue``); messages already
    reserved from a cancelled queue still run.
 
 Planning is frequent because a worker whose chosen queues drained sits idle
-until the next plan. The routed adapter names are re-read from the registry
-at once when the gateway's route epoch (a Redis counter it bumps on every
-adapter or route change) moved, so a newly registered adapter is consumed
-within a plan tick, and every ``refresh_interval`` seconds anyway. Liveness
-and repair are not the planner's: they are services of their own
+until the next plan. A newly registered adapter needs no notice: its first
+job's publish puts it in the index, and the next tick sees it. Liveness and
+repair are not the planner's: they are services of their own
 (:mod:`workers.services.heartbeat`, :mod:`workers.services.reconciler`).
 """
 
@@ -24,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import redis
 from celery import bootsteps
 
-from workers.contract.broker import QueueState
+from workers.contract import backlog
+from workers.contract.broker import QueueState, read_states
 from workers.contract.names import adapter_of_queue, queue_name
 from workers.sticky import StickyConfig, choose_queues
 
@@ -104,41 +104,35 @@ def resize_prefetch(
         log.info("prefetch now %d messages", c.qos.value)
 
 
-class AdapterNames:
-    """The routed adapter names: re-read every ``interval`` seconds, and at once whenever the
-    route epoch moved."""
+class QueueReader:
+    """What one plan tick reads, in commands bounded by the work in flight, not by what is registered.
 
-    def __init__(
-        self,
-        *,
-        read: Callable[[], list[str]],
-        epoch: Callable[[], object],
-        interval: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.read, self.epoch, self.interval, self.clock = read, epoch, interval, clock
-        self.names: list[str] = []
-        self.refreshed = -math.inf
-        self.seen: object = None
+    The backlog index (one ``ZRANGE`` of at most ``limit`` adapters, longest waiting first), then
+    the state of those queues and of the adapters resident in the engine (one pipelined round trip;
+    a resident adapter's queue is read even when it is not indexed, so a message kombu restored by
+    itself is seen at once where that adapter is loaded). Indexed queues found empty are dropped
+    from the index (atomically, see :func:`workers.contract.backlog.drop_drained`).
+    """
 
-    def current(self) -> list[str]:
-        epoch = self.epoch()  # one GET: the gateway bumps it on every adapter or route change
-        if self.clock() - self.refreshed >= self.interval or epoch != self.seen:
-            self.names = self.read()
-            self.refreshed = self.clock()
-        self.seen = epoch
-        return self.names
+    def __init__(self, client: redis.Redis, *, limit: int) -> None:
+        self.client, self.limit = client, limit
+
+    def read(self, resident: Collection[str]) -> list[QueueState]:
+        indexed = [adapter for adapter, _ in backlog.waiting(self.client, limit=self.limit)]
+        extra = sorted(set(resident) - set(indexed))
+        seen = read_states(self.client, indexed + extra)
+        drained = [s.adapter for s in seen[: len(indexed)] if s.depth == 0]
+        if drained:
+            backlog.drop_drained(self.client, drained)
+        return seen
 
 
 def make_planner(
     *,
-    adapters: Callable[[], list[str]],
-    states: Callable[[list[str]], list[QueueState]],
+    read: Callable[[Collection[str]], list[QueueState]],
     resident: Callable[[], set[str]],
-    routes_epoch: Callable[[], object],
     config: StickyConfig,
     plan_interval: float,
-    refresh_interval: float,
     chunk_jobs: int = 16,
 ) -> type[bootsteps.StartStopStep]:
     class Planner(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -148,7 +142,6 @@ def make_planner(
             super().__init__(parent, **kwargs)
             self.tref: Any = None
             self.prefetch = PrefetchControl()
-            self.names = AdapterNames(read=adapters, epoch=routes_epoch, interval=refresh_interval)
 
         def start(self, c: Any) -> None:
             self.tick(c)
@@ -161,11 +154,11 @@ def make_planner(
 
         def tick(self, c: Any) -> None:
             try:
-                names = self.names.current()
                 consuming = {q.name for q in c.task_consumer.queues} if c.task_consumer else set()
-                seen = states(names)
-                add, cancel = plan(seen, resident=resident(), consuming=consuming, config=config)
-            except Exception:  # Redis or the registry briefly unreachable: try next tick
+                held = resident()
+                seen = read(held)
+                add, cancel = plan(seen, resident=held, consuming=consuming, config=config)
+            except Exception:  # Redis briefly unreachable: try next tick
                 log.warning("planner tick failed", exc_info=True)
                 return
             for queue in add:

@@ -11,7 +11,9 @@ every ``interval`` seconds, one worker at a time (a Redis lock):
 2. look for their messages in their queues (every priority list) and in the
    transport's unacknowledged hash;
 3. publish again those found nowhere, with the same task id, through the one
-   publisher (so the message is the gateway's, ``argsrepr`` included).
+   publisher (so the message is the gateway's, ``argsrepr`` included), and
+   mark the adapters of the others in the backlog index (the repair path of
+   that index, :mod:`workers.contract.backlog`).
 
 A message popped by a live worker at that very moment is found nowhere too
 and so runs twice; that is harmless because result recording is
@@ -33,7 +35,7 @@ from registry import jobs
 from registry.models import utcnow
 from registry.schemas import Priority
 from workers.contract.broker import present_ids
-from workers.contract.messages import Publisher
+from workers.contract.messages import Publisher, waiting_since
 from workers.contract.names import RECONCILE_LOCK
 
 log = logging.getLogger(__name__)
@@ -73,4 +75,7 @@ class Reconciler:
             if task.job_id in lost:
                 log.warning("job %s is unfinished with no message anywhere; publishing it again", task.job_id)
                 self.publisher.publish(task, priority=Priority(priority))
+        # Those whose message is there are (re)marked in the backlog index: kombu restores a dead
+        # worker's messages without telling it, and a publisher's mark may have failed.
+        self.publisher.mark(waiting_since([t.model_dump(mode="json") for t, _ in stale if t.job_id not in lost]))
         return sorted(lost)

@@ -110,3 +110,19 @@ def test_the_gateway_publisher_fails_fast_and_the_worker_app_reads_results(redis
     assert publisher.app.conf.result_backend == "disabled"
     assert publisher.bulk_app.conf.task_send_sent_event is False
     assert make_celery(settings, role=Role.WORKER).conf.result_backend == redis_url
+
+
+def test_every_publish_marks_its_adapter_in_the_backlog_index_with_its_oldest_job(redis_url: str) -> None:
+    from workers.contract import backlog
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    publisher = fail_fast_publisher(QueueSettings(redis_url=redis_url))
+    publisher.publish(task("j1", adapter="upper"), priority=Priority.INTERACTIVE)
+    late, early = task("c1", adapter="rot13"), task("c2", adapter="rot13")
+    late.enqueued_at, early.enqueued_at = 900.0, 800.0
+    publisher.publish_chunks(
+        [("chunk-1", [late.model_dump(mode="json")]), ("chunk-2", [early.model_dump(mode="json")])],
+        priority=Priority.BULK,
+    )
+    assert backlog.waiting(client, limit=10) == [("rot13", 800.0), ("upper", 1000.0)]

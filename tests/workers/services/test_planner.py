@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import redis
+
+from workers.contract import backlog
 from workers.contract.broker import QueueState
 from workers.contract.names import queue_name
-from workers.services.planner import plan
+from workers.services.planner import QueueReader, plan
 from workers.sticky import StickyConfig
 
 CONFIG = StickyConfig(slots=2, max_wait_s=10, batch_rows=4, min_swap_depth=2)
@@ -41,26 +46,36 @@ def test_resident_queues_stay_consumed_while_there_is_room() -> None:
     assert (add, cancel) == (["lora.b"], [])
 
 
-def test_adapter_names_are_reread_at_once_when_the_route_epoch_moves() -> None:
-    from workers.services.planner import AdapterNames
+def command_count(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
 
-    reads: list[int] = []
-    epoch = [b"1"]
-    now = [0.0]
-    names = AdapterNames(
-        read=lambda: reads.append(1) or [f"a{len(reads)}"],  # type: ignore[func-returns-value]
-        epoch=lambda: epoch[0],
-        interval=1.0,
-        clock=lambda: now[0],
-    )
-    assert names.current() == ["a1"]  # first call: scheduled refresh
-    now[0] = 0.1
-    assert names.current() == ["a1"] and len(reads) == 1  # nothing changed: no registry read
-    epoch[0] = b"2"
-    now[0] = 0.2
-    assert names.current() == ["a2"]  # a route change: read at once
-    now[0] = 1.5
-    assert names.current() == ["a3"] and len(reads) == 3  # on schedule again
+
+def test_the_reader_reads_queues_with_work_and_resident_ones_never_the_registered_rest(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    for i in range(300):  # queues that once had work; the index forgot them when they drained
+        client.set(f"registered-{i}", 1)
+    client.lpush(queue_name("busy"), json.dumps({"body": ""}))
+    backlog.mark(client, {"busy": 100.0, "drained": 50.0})
+    reader = QueueReader(client, limit=64)
+
+    seen = reader.read({"resident"})
+
+    assert [(s.adapter, s.depth) for s in seen] == [("drained", 0), ("busy", 1), ("resident", 0)]
+    assert [a for a, _ in backlog.waiting(client, limit=10)] == ["busy"]  # the drained one was dropped
+
+
+def test_an_idle_tick_costs_the_same_few_commands_however_many_adapters_exist(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    reader = QueueReader(client, limit=64)
+    before = command_count(client)
+    reader.read(set())
+    idle = command_count(client) - before - 1  # INFO itself counts once
+    backlog.mark(client, {f"gone-{i}": float(i) for i in range(1000)})  # 1000 adapters that drained
+    reader.read(set())  # reads at most 64 of them and drops what it read
+    assert backlog.size(client) == 1000 - 64
+    assert idle <= 2
 
 
 def test_bulk_only_backlog_lowers_the_prefetch_to_a_few_chunks_and_interactive_restores_it() -> None:

@@ -1,0 +1,78 @@
+"""The backlog index: which adapter queues have waiting work, so planning costs O(queues with work).
+
+A sorted set, ``loraq:backlog``: member = adapter name, score = when its
+queue went from empty to waiting (epoch seconds, the first job's enqueue
+time). Readers take it oldest first with a bounded ``ZRANGE`` instead of
+reading every registered adapter's queue: 10,000 registered adapters cost
+an idle worker one command a plan tick, as 10 do.
+
+Who writes it:
+
+- every publisher, right after the message is in its list (:class:`Publisher`:
+  the gateway, bulk ingest, the reconciler, a worker's retries), with
+  ``ZADD NX`` (an older score is kept);
+- the planner, which removes a queue it found empty with :func:`drop_drained`:
+  one Lua script that checks every priority list of the queue and removes the
+  member only if all are empty, atomically. A publisher pushes before it
+  marks, so either the script runs before the push (and the mark that follows
+  re-adds it) or after it (and sees the message): a queue with work is never
+  left out by the race between the two.
+- the reconciler, which re-marks the adapters of jobs that waited past its
+  grace with a message present: the repair path for the messages kombu puts
+  back by itself (a dead worker's, after the visibility timeout) and for a
+  mark that failed after its push.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import redis
+
+from workers.contract.names import BACKLOG_KEY, KOMBU_SEP, PRIORITY_STEPS, QUEUE_PREFIX
+
+# KEYS[1]: the index. ARGV: prefix, separator, n steps, the steps, then adapters.
+_DROP_DRAINED = """
+local prefix, sep, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local dropped = {}
+for i = 4 + nsteps, #ARGV do
+    local adapter = ARGV[i]
+    local waiting = 0
+    for s = 1, nsteps do
+        local step = ARGV[3 + s]
+        local key = prefix .. adapter
+        if step ~= "0" then key = key .. sep .. step end
+        waiting = waiting + redis.call("LLEN", key)
+    end
+    if waiting == 0 and redis.call("ZREM", KEYS[1], adapter) == 1 then
+        table.insert(dropped, adapter)
+    end
+end
+return dropped
+"""
+
+
+def mark(client: redis.Redis, waiting_since: Mapping[str, float]) -> None:
+    """Note that these adapters' queues have work (call after the push); an older mark is kept."""
+    if waiting_since:
+        client.zadd(BACKLOG_KEY, dict(waiting_since), nx=True)
+
+
+def waiting(client: redis.Redis, *, limit: int) -> list[tuple[str, float]]:
+    """Up to ``limit`` adapters with waiting work, longest waiting first, with when they started waiting."""
+    rows: list[tuple[bytes, float]] = client.zrange(BACKLOG_KEY, 0, limit - 1, withscores=True)  # type: ignore[assignment]
+    return [(name.decode(), float(score)) for name, score in rows]
+
+
+def size(client: redis.Redis) -> int:
+    return int(client.zcard(BACKLOG_KEY))
+
+
+def drop_drained(client: redis.Redis, adapters: Sequence[str]) -> list[str]:
+    """Remove from the index those of ``adapters`` whose queue is empty now (atomically); returns them."""
+    if not adapters:
+        return []
+    steps = [str(s) for s in PRIORITY_STEPS]
+    args = [QUEUE_PREFIX, KOMBU_SEP, str(len(steps)), *steps, *adapters]
+    dropped: list[bytes] = client.eval(_DROP_DRAINED, 1, BACKLOG_KEY, *args)
+    return [d.decode() for d in dropped]
