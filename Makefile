@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model audit lock bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest clean
+.PHONY: install demo test lint typecheck model audit lock bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ model: install
 	$(PY) -m workers.demo_model.build
 
 # Benchmarks: run by hand, never by CI; each prints one JSON line per figure.
-bench: bench-sticky bench-engine bench-e2e bench-hot bench-ingest
+bench: bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters
 
 bench-sticky: install
 	$(PY) bench/sticky.py
@@ -57,6 +57,9 @@ bench-hot: install
 
 bench-ingest: install
 	$(PY) bench/ingest.py
+
+bench-adapters: install
+	$(PY) bench/adapters.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -108,22 +109,30 @@ class QueueReader:
     """What one plan tick reads, in commands bounded by the work in flight, not by what is registered.
 
     The backlog index (one ``ZRANGE`` of at most ``limit`` adapters, longest waiting first), then
-    the state of those queues and of the adapters resident in the engine (one pipelined round trip;
-    a resident adapter's queue is read even when it is not indexed, so a message kombu restored by
-    itself is seen at once where that adapter is loaded). Indexed queues found empty are dropped
-    from the index (atomically, see :func:`workers.contract.backlog.drop_drained`).
+    the state of those queues (one pipelined round trip). Indexed queues found empty are dropped
+    from the index (atomically, see :func:`workers.contract.backlog.drop_drained`). Every
+    ``resident_every`` ticks the queues of the adapters resident in the engine are read too, even
+    when not indexed, and marked if they hold work: a message kombu restored by itself (a dead
+    worker's) is then seen within about a second wherever its adapter is loaded, and the index
+    repaired, instead of waiting for the reconciler.
     """
 
-    def __init__(self, client: redis.Redis, *, limit: int) -> None:
-        self.client, self.limit = client, limit
+    def __init__(self, client: redis.Redis, *, limit: int, resident_every: int = 10) -> None:
+        self.client, self.limit, self.resident_every = client, limit, resident_every
+        self.ticks = 0
 
     def read(self, resident: Collection[str]) -> list[QueueState]:
         indexed = [adapter for adapter, _ in backlog.waiting(self.client, limit=self.limit)]
-        extra = sorted(set(resident) - set(indexed))
+        self.ticks += 1
+        extra = sorted(set(resident) - set(indexed)) if self.ticks % self.resident_every == 0 else []
         seen = read_states(self.client, indexed + extra)
         drained = [s.adapter for s in seen[: len(indexed)] if s.depth == 0]
         if drained:
             backlog.drop_drained(self.client, drained)
+        found = {s.adapter: time.time() - s.oldest_age_s for s in seen[len(indexed) :] if s.depth}
+        if found:
+            log.warning("queues with work missing from the backlog index: %s; marked", sorted(found))
+            backlog.mark(self.client, found)
         return seen
 
 

@@ -57,7 +57,7 @@ def test_the_reader_reads_queues_with_work_and_resident_ones_never_the_registere
         client.set(f"registered-{i}", 1)
     client.lpush(queue_name("busy"), json.dumps({"body": ""}))
     backlog.mark(client, {"busy": 100.0, "drained": 50.0})
-    reader = QueueReader(client, limit=64)
+    reader = QueueReader(client, limit=64, resident_every=1)
 
     seen = reader.read({"resident"})
 
@@ -65,12 +65,24 @@ def test_the_reader_reads_queues_with_work_and_resident_ones_never_the_registere
     assert [a for a, _ in backlog.waiting(client, limit=10)] == ["busy"]  # the drained one was dropped
 
 
+def test_a_resident_queue_with_work_missing_from_the_index_is_read_within_a_few_ticks_and_marked(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.lpush(queue_name("restored"), json.dumps({"body": ""}))  # as kombu restores a dead worker's message
+    reader = QueueReader(client, limit=64, resident_every=3)
+    assert [reader.read({"restored"}) for _ in range(2)] == [[], []]  # resident queues: every third tick
+    assert [(s.adapter, s.depth) for s in reader.read({"restored"})] == [("restored", 1)]
+    assert [a for a, _ in backlog.waiting(client, limit=10)] == ["restored"]
+
+
 def test_an_idle_tick_costs_the_same_few_commands_however_many_adapters_exist(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     reader = QueueReader(client, limit=64)
     before = command_count(client)
-    reader.read(set())
+    reader.read({"resident-a", "resident-b"})  # not a tick that reads resident queues
     idle = command_count(client) - before - 1  # INFO itself counts once
     backlog.mark(client, {f"gone-{i}": float(i) for i in range(1000)})  # 1000 adapters that drained
     reader.read(set())  # reads at most 64 of them and drops what it read
