@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP submitters")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it (logs, database)")
+    parser.add_argument("--drain-only", action="store_true", help="the drain and the engine alone, nothing else")
     args = parser.parse_args()
 
     skills = sorted(SKILLS)
@@ -270,6 +271,8 @@ def main() -> None:
                 jobs, max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers
             )
             drain_loads = pipeline.worker_loads()
+            if args.drain_only:
+                return drain_report(args, drain_s, drain_loads, rows, max_loras, jobs)
             wait_for_workers(pipeline.stack, count=args.workers, timeout=120)
             ours_s = pipeline.run(jobs, max_tokens=args.max_tokens, concurrency=args.concurrency, label="loraq")
             statuses = pipeline.statuses()
@@ -287,14 +290,28 @@ def main() -> None:
     ours = args.jobs / ours_s
     common = {"jobs": args.jobs, "adapters": args.adapters, "workers": args.workers, "rows": rows}
     mean_rows = round(sum(batches) / max(1, len(batches)), 2)
-    emit("drain_over_engine", args.jobs / drain_s / engine_rate, drain_s=round(drain_s, 2), goal=">= 0.8", **common)
-    emit("loads_per_1k_jobs", 1000 * drain_loads / args.jobs, loads=drain_loads, engine_alone_loads=engine_loads)
+    emit_drain(args, drain_s, drain_loads, engine_rate, engine_loads, rows)
     emit("e2e_jobs_per_s", ours, seconds=round(ours_s, 2), statuses=statuses, mean_batch_rows=mean_rows, **common)
     emit("e2e_over_engine", ours / engine_rate, engine_jobs_per_s=round(engine_rate, 2))
     emit("e2e_loads_per_1k_jobs", 1000 * e2e_loads / args.jobs, loads=e2e_loads)
     if naive_s is not None:
         naive_rate = len(naive) / naive_s
         emit("e2e_over_naive", ours / naive_rate, naive_jobs=len(naive), naive_jobs_per_s=round(naive_rate, 2))
+
+
+def emit_drain(
+    args: argparse.Namespace, drain_s: float, drain_loads: int, engine_rate: float, engine_loads: int, rows: int
+) -> None:
+    common = {"jobs": args.jobs, "adapters": args.adapters, "workers": args.workers, "rows": rows}
+    emit("drain_over_engine", args.jobs / drain_s / engine_rate, drain_s=round(drain_s, 2), goal=">= 0.8", **common)
+    emit("loads_per_1k_jobs", 1000 * drain_loads / args.jobs, loads=drain_loads, engine_alone_loads=engine_loads)
+
+
+def drain_report(
+    args: argparse.Namespace, drain_s: float, drain_loads: int, rows: int, max_loras: int, jobs: list[JobSpec]
+) -> None:
+    engine_s, engine_loads = engine_alone(jobs, max_tokens=args.max_tokens, rows=rows, max_loras=max_loras)
+    emit_drain(args, drain_s, drain_loads, args.jobs / engine_s, engine_loads, rows)
 
 
 def run_naive(pipeline: Pipeline, naive: list[JobSpec], adapters: list[str], args: argparse.Namespace) -> float:
