@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -77,7 +78,14 @@ def test_gateway_and_worker_metrics_parse_and_agree_with_the_registry(
     assert ({"dependency": "database"}, 1.0) in samples(gateway, "loraq_up")
     assert ({"dependency": "redis"}, 1.0) in samples(gateway, "loraq_up")
     assert samples(gateway, "loraq_workers") == [({}, 1.0)]
-    assert any(labels["adapter"] == ADAPTER for labels, _ in samples(gateway, "loraq_queue_messages"))
+    # Queues are listed while they have work (the backlog index); the worker drops a drained one
+    # from the index at its next plan tick.
+    deadline = time.monotonic() + 10
+    while samples(gateway, "loraq_backlog_queues") != [({}, 0.0)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        gateway = httpx.get(f"{loraq_stack.url}/metrics", timeout=10).text
+    assert samples(gateway, "loraq_backlog_queues") == [({}, 0.0)]
+    assert samples(gateway, "loraq_queue_messages") == []
     routes = {labels["route"] for labels, _ in samples(gateway, "loraq_http_requests")}
     assert "/v1/jobs/{job_id}" in routes  # templates, never job ids
     assert not any(len(r) > 40 and "-" in r.rsplit("/", 1)[-1] for r in routes)

@@ -59,7 +59,7 @@ def counts(client: TestClient) -> tuple[int, int, int]:
     with sessions() as s:
         jobs = s.scalar(select(func.count()).select_from(Job))
         versions = s.scalar(select(func.count()).select_from(AdapterVersion))
-    queued = redis.Redis.from_url(client.app.state.settings.redis_url).llen("lora.upper")  # type: ignore[attr-defined]
+    queued = redis.Redis.from_url(client.app.state.settings.queue.redis_url).llen("lora.upper")  # type: ignore[attr-defined]
     return jobs, versions, queued
 
 
@@ -223,7 +223,7 @@ def test_cancel_a_queued_job_is_idempotent_scoped_and_signals_workers(gateway: T
     first = gateway.delete(f"/v1/jobs/{job['id']}")
     assert first.status_code == 200 and first.json()["status"] == "cancelled"
     assert gateway.delete(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
-    flag = redis.Redis.from_url(gateway.app.state.settings.redis_url).get(f"loraq:cancel:{job['id']}")  # type: ignore[attr-defined]
+    flag = redis.Redis.from_url(gateway.app.state.settings.queue.redis_url).get(f"loraq:cancel:{job['id']}")  # type: ignore[attr-defined]
     assert flag == b"1"
 
 
