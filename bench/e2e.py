@@ -13,6 +13,9 @@ side in one process so machine noise hits all of them:
   the gateway under uvicorn, ``--workers`` Celery workers with the sticky
   consumer). Jobs are POSTed concurrently while the workers drain them; the
   clock runs from the first POST to the last terminal row.
+- **script**: what a team writes without loraq (``--quick`` only): every
+  adapter in one PEFT model, jobs sorted by adapter, ``set_adapter`` +
+  ``generate`` over batches of 16, in this process.
 - **engine**: the worker's engine alone in this process, on the same jobs
   sorted by adapter, submitted at once (the ceiling the pipeline can reach).
 - **naive**: one Celery task per job with PEFT ``set_adapter`` per job
@@ -266,6 +269,35 @@ def engine_alone(jobs: list[JobSpec], *, max_tokens: int, rows: int, max_loras: 
     return time.perf_counter() - started, engine.adapter_loads()
 
 
+def script_alone(jobs: list[JobSpec], *, max_tokens: int, batch: int = 16) -> float:
+    """The script a team writes without loraq: every adapter loaded into one PEFT model, jobs sorted
+    by adapter, ``set_adapter`` then ``generate`` (greedy) over batches of ``batch``. Seconds."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workers.settings import DEMO_BASE
+
+    tok = AutoTokenizer.from_pretrained(DEMO_BASE)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(DEMO_BASE, dtype=torch.float32).eval()
+    names = sorted({j.adapter for j in jobs})
+    model = PeftModel.from_pretrained(base, adapter_dir(names[0].rsplit("-", 1)[0]), adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(adapter_dir(name.rsplit("-", 1)[0]), adapter_name=name)
+    by_adapter = {name: [j for j in jobs if j.adapter == name] for name in names}
+    started = time.perf_counter()
+    for name, rows in tqdm(by_adapter.items(), desc="script", file=sys.stderr, unit="adapter"):
+        model.set_adapter(name)
+        for i in range(0, len(rows), batch):
+            enc = tok([j.prompt for j in rows[i : i + batch]], return_tensors="pt", padding=True)
+            with torch.inference_mode():
+                model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -346,8 +378,10 @@ def quick_report(
     jobs: list[JobSpec],
 ) -> None:
     engine_s, engine_loads = engine_alone(jobs, max_tokens=args.max_tokens, rows=rows, max_loras=max_loras)
+    script_s = script_alone(jobs, max_tokens=args.max_tokens)
     emit_drain(args, drain_s, drain_loads, args.jobs / engine_s, engine_loads, rows)
     emit("bulk_over_engine", args.jobs / bulk_s / (args.jobs / engine_s), bulk_s=round(bulk_s, 2), goal=">= 0.7")
+    emit("bulk_over_script", script_s / bulk_s, script_jobs_per_s=round(args.jobs / script_s, 1), goal=">= 2.5")
 
 
 def run_naive(pipeline: Pipeline, naive: list[JobSpec], adapters: list[str], args: argparse.Namespace) -> float:
