@@ -343,6 +343,18 @@ def is_terminal(status: str) -> bool:
     return status in {s.value for s in TERMINAL_STATUSES}
 
 
+def adapters_with_stale_jobs(session: Session, *, older_than: datetime) -> list[str]:
+    """Names of the adapters with a job unfinished since before ``older_than``: O(adapters with live
+    work). The reconciler reads their queues to repair the backlog index, whatever the age order of
+    the jobs (``stale_queued`` returns the oldest only)."""
+    stale = or_(
+        (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
+        (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
+    )
+    rows = session.scalars(select(Adapter.name).join(Job, Job.adapter_id == Adapter.id).where(stale).distinct())
+    return sorted(rows)
+
+
 def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[tuple[TaskJob, int]]:
     """Jobs still unfinished since before ``older_than`` (queued then, or started then), rebuilt as the
     message that should carry them, with their priority. A job left ``running`` by a worker that gave

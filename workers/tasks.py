@@ -33,7 +33,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
         publisher.mark(waiting_since(payload))
         return retry
 
-    @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)  # type: ignore[untyped-decorator]
     def run_job(self: Any, payload: dict[str, Any]) -> dict[str, object]:
         job_id: str = self.request.id
         try:
@@ -52,7 +52,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
             raise requeue(self, payload, countdown=RETRY_DELAY_S, max_retries=None)
         return outcome.as_celery_result()
 
-    @app.task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    @app.task(name=RUN_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)  # type: ignore[untyped-decorator]
     def run_chunk(self: Any, payload: list[dict[str, Any]]) -> dict[str, object]:
         """Up to K jobs of one adapter from a bulk file. The message is acknowledged once every
         job is recorded; a job to retry goes back to its queue alone, as a job message."""

@@ -60,14 +60,14 @@ def local_dir(uri: str, *, sha256: str, cache_dir: Path) -> LocalArtifact:
     if all((target / name).is_file() for name in ARTIFACT_FILES):
         return LocalArtifact(target, None)
     started = time.perf_counter()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache_dir))
+    except OSError as exc:
+        raise FetchFailed(f"cannot use the adapter cache {cache_dir}: {exc}") from exc
     try:
         copy_files(uri, tmp)
-        if target.exists():  # another load finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
+        _move_into_place(tmp, target)
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FetchFailed(f"adapter {uri} is missing {exc.filename or 'a file'} in its store") from exc
@@ -75,3 +75,13 @@ def local_dir(uri: str, *, sha256: str, cache_dir: Path) -> LocalArtifact:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FetchFailed(f"cannot fetch adapter {uri}: {type(exc).__name__}: {exc}") from exc
     return LocalArtifact(target, time.perf_counter() - started)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename a complete copy into the cache; a copy another load put there first wins."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not all((target / name).is_file() for name in ARTIFACT_FILES):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

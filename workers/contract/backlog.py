@@ -58,6 +58,14 @@ def mark(client: redis.Redis, waiting_since: Mapping[str, float]) -> None:
         client.zadd(BACKLOG_KEY, dict(waiting_since), nx=True)
 
 
+def refresh(client: redis.Redis, waiting_since: Mapping[str, float]) -> None:
+    """Move the marks of queues still indexed to when their oldest message was enqueued: a queue that
+    never drains would otherwise keep its first mark and hold its place at the head of every read,
+    and queues past the read limit would never be read."""
+    if waiting_since:
+        client.zadd(BACKLOG_KEY, dict(waiting_since), xx=True)
+
+
 def waiting(client: redis.Redis, *, limit: int) -> list[tuple[str, float]]:
     """Up to ``limit`` adapters with waiting work, longest waiting first, with when they started waiting."""
     rows: list[tuple[bytes, float]] = client.zrange(BACKLOG_KEY, 0, limit - 1, withscores=True)  # type: ignore[assignment]

@@ -110,7 +110,8 @@ class QueueReader:
 
     The backlog index (one ``ZRANGE`` of at most ``limit`` adapters, longest waiting first), then
     the state of those queues (one pipelined round trip). Indexed queues found empty are dropped
-    from the index (atomically, see :func:`workers.contract.backlog.drop_drained`). Every
+    from the index (atomically, see :func:`workers.contract.backlog.drop_drained`); the others'
+    marks move to their oldest message, so the read window follows the real waits. Every
     ``resident_every`` ticks the queues of the adapters resident in the engine are read too, even
     when not indexed, and marked if they hold work: a message kombu restored by itself (a dead
     worker's) is then seen within about a second wherever its adapter is loaded, and the index
@@ -129,7 +130,9 @@ class QueueReader:
         drained = [s.adapter for s in seen[: len(indexed)] if s.depth == 0]
         if drained:
             backlog.drop_drained(self.client, drained)
-        found = {s.adapter: time.time() - s.oldest_age_s for s in seen[len(indexed) :] if s.depth}
+        now = time.time()
+        backlog.refresh(self.client, {s.adapter: now - s.oldest_age_s for s in seen[: len(indexed)] if s.depth})
+        found = {s.adapter: now - s.oldest_age_s for s in seen[len(indexed) :] if s.depth}
         if found:
             log.warning("queues with work missing from the backlog index: %s; marked", sorted(found))
             backlog.mark(self.client, found)

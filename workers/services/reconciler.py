@@ -11,9 +11,12 @@ every ``interval`` seconds, one worker at a time (a Redis lock):
 2. look for their messages in their queues (every priority list) and in the
    transport's unacknowledged hash;
 3. publish again those found nowhere, with the same task id, through the one
-   publisher (so the message is the gateway's, ``argsrepr`` included), and
-   mark the adapters of the others in the backlog index (the repair path of
-   that index, :mod:`workers.contract.backlog`).
+   publisher (so the message is the gateway's, ``argsrepr`` included).
+
+Each pass also repairs the backlog index (:mod:`workers.contract.backlog`):
+the queues of every adapter with a job waiting past the grace (one query,
+O(adapters with live work), whatever the age order of their jobs) are read,
+and those holding messages are marked.
 
 A message popped by a live worker at that very moment is found nowhere too
 and so runs twice; that is harmless because result recording is
@@ -25,6 +28,7 @@ looks for them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -34,8 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry import jobs
 from registry.models import utcnow
 from registry.schemas import Priority
-from workers.contract.broker import present_ids
-from workers.contract.messages import Publisher, waiting_since
+from workers.contract.broker import present_ids, read_states
+from workers.contract.messages import Publisher
 from workers.contract.names import RECONCILE_LOCK
 
 log = logging.getLogger(__name__)
@@ -64,9 +68,11 @@ class Reconciler:
         """One pass; returns the job ids published again (none when another worker holds the lock)."""
         if not self.client.set(RECONCILE_LOCK, "1", nx=True, ex=self.lock_s):
             return []
+        older_than = utcnow() - timedelta(seconds=self.grace_s)
         with self.sessions() as session:
-            older_than = utcnow() - timedelta(seconds=self.grace_s)
             stale = jobs.stale_queued(session, older_than=older_than, limit=self.limit)
+            waiting = jobs.adapters_with_stale_jobs(session, older_than=older_than)
+        self.repair_index(waiting)
         if not stale:
             return []
         present = present_ids(self.client, (task.adapter for task, _ in stale))
@@ -75,7 +81,13 @@ class Reconciler:
             if task.job_id in lost:
                 log.warning("job %s is unfinished with no message anywhere; publishing it again", task.job_id)
                 self.publisher.publish(task, priority=Priority(priority))
-        # Those whose message is there are (re)marked in the backlog index: kombu restores a dead
-        # worker's messages without telling it, and a publisher's mark may have failed.
-        self.publisher.mark(waiting_since([t.model_dump(mode="json") for t, _ in stale if t.job_id not in lost]))
         return sorted(lost)
+
+    def repair_index(self, adapters: list[str]) -> list[str]:
+        """Mark in the backlog index the queues of these adapters that hold messages: kombu restores a
+        dead worker's messages without telling it, and a publisher's mark may have failed. One
+        pipelined read of those queues (adapters with work that waited past the grace only)."""
+        now = time.time()
+        found = {s.adapter: now - s.oldest_age_s for s in read_states(self.client, adapters) if s.depth}
+        self.publisher.mark(found)
+        return sorted(found)

@@ -77,6 +77,17 @@ def test_a_resident_queue_with_work_missing_from_the_index_is_read_within_a_few_
     assert [a for a, _ in backlog.waiting(client, limit=10)] == ["restored"]
 
 
+def test_a_queue_that_never_drains_gives_up_its_place_once_its_old_jobs_are_gone(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    backlog.mark(client, {"busy": 10.0, "newer": 50.0})  # busy started waiting first ...
+    client.lpush(queue_name("busy"), json.dumps({"body": "", "properties": {}}))  # ... its old jobs ran
+    client.lpush(queue_name("newer"), json.dumps({"body": "", "properties": {}}))
+    reader = QueueReader(client, limit=1)
+    reader.read(set())  # reads busy only: its oldest message's age is unknown here, so "now"
+    assert [a for a, _ in backlog.waiting(client, limit=1)] == ["newer"]  # the next tick reads the other
+
+
 def test_an_idle_tick_costs_the_same_few_commands_however_many_adapters_exist(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()

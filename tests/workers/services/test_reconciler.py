@@ -17,10 +17,11 @@ from registry.db import transaction
 from registry.models import Job, utcnow
 from registry.schemas import Priority
 from tests.workers.test_runtime import enqueue
+from workers.contract import backlog
 from workers.contract.broker import message_ids
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.messages import Publisher, fail_fast_publisher
-from workers.contract.names import UNACKED, queue_name
+from workers.contract.names import BACKLOG_KEY, UNACKED, queue_name
 from workers.contract.settings import QueueSettings
 from workers.services.reconciler import Reconciler, missing
 
@@ -61,3 +62,21 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
     # Another worker's pass within the lock period does nothing.
     assert reconciler.run_once() == []
     assert fresh.job_id not in queued
+
+
+def test_a_queue_kombu_restored_without_a_mark_is_put_back_in_the_backlog_index(
+    session_factory: sessionmaker[Session], redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    publisher = Publisher(make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER), fail_fast=False)
+    reconciler = Reconciler(sessions=session_factory, client=client, publisher=publisher, grace_s=30, lock_s=1)
+    [restored] = enqueue(session_factory, ["restored"])
+    with transaction(session_factory) as session:  # started a minute ago by a worker that died
+        old = utcnow() - timedelta(seconds=60)
+        session.execute(update(Job).where(Job.id == restored.job_id).values(status="running", started_at=old))
+    publisher.publish(restored, priority=Priority.INTERACTIVE)
+    client.delete(BACKLOG_KEY)  # as when kombu puts a dead worker's message back: nobody marks it
+
+    assert reconciler.run_once() == []  # its message is there: nothing to publish again
+    assert [a for a, _ in backlog.waiting(client, limit=10)] == ["upper"]
