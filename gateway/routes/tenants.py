@@ -14,10 +14,13 @@ router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"])
 class TenantQuotas(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Bounded by their columns (INTEGER, BIGINT): a larger number is a 422, not a database error.
     max_queued_jobs: int | None = Field(
-        default=None, ge=1, description="Jobs queued or running at once; null: no limit."
+        default=None, ge=1, le=2**31 - 1, description="Jobs queued or running at once; null: no limit."
     )
-    max_tokens_per_day: int | None = Field(default=None, ge=1, description="Prompt + completion tokens per UTC day.")
+    max_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="Prompt + completion tokens per UTC day; null: no limit."
+    )
 
 
 class TenantView(TenantQuotas):

@@ -59,3 +59,13 @@ def test_admin_endpoints_refuse_tenant_keys(
         key = client.post("/v1/admin/keys", json={"tenant": "acme"}).json()["key"]
         resp = client.request(method, path, json=body, headers={"Authorization": f"Bearer {key}"})
         assert (resp.status_code, resp.json()["error"]["code"]) == (403, "admin_required"), resp.text
+
+
+def test_a_quota_too_large_for_its_column_is_refused_with_a_422(tmp_path: Path, redis_url: str) -> None:
+    """Found by the schema fuzzer: 2**63 tokens a day was a 500 (SQLite's INTEGER overflowed)."""
+    with make_gateway(tmp_path, redis_url) as client:
+        for body in ({"max_tokens_per_day": 2**63}, {"max_queued_jobs": 2**31}):
+            resp = client.put("/v1/admin/tenants/acme", json=body)
+            assert (resp.status_code, resp.json()["error"]["code"]) == (422, "invalid_request"), body
+        ok = client.put("/v1/admin/tenants/acme", json={"max_tokens_per_day": 2**63 - 1, "max_queued_jobs": 2**31 - 1})
+        assert ok.status_code == 200, ok.text
