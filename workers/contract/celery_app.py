@@ -57,7 +57,9 @@ def make_celery(settings: QueueSettings, *, role: Role) -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         result_expires=24 * 3600,
-        result_extended=True,
+        # Not extended: an extended result stores the task's arguments (a job's prompt) in Redis for
+        # result_expires; the registry holds every job's request and result.
+        result_extended=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         result_backend_transport_options=dict(transport),
