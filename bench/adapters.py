@@ -26,10 +26,10 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,33 +37,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from e2e import WORKER_ENV, Pipeline, emit, make_jobs  # noqa: E402
 
-from gateway.deps import ADMIN_TENANT  # noqa: E402
 from gateway.processes import start_redis  # noqa: E402
-from gateway.stack import wait_for_workers  # noqa: E402
-from registry import adapters, keys  # noqa: E402
-from registry.artifacts.checks import validate_adapter  # noqa: E402
-from registry.artifacts.uri import uri_of  # noqa: E402
-from registry.db import transaction  # noqa: E402
-from registry.models import BaseModelRow  # noqa: E402
+from gateway.stack import register_demo_copies, wait_for_workers  # noqa: E402
 from workers.contract.broker import read_states  # noqa: E402
-from workers.demo_model import DEMO_BASE, adapter_dir  # noqa: E402
 from workers.demo_model.skills import SKILLS  # noqa: E402
 from workers.services.planner import QueueReader  # noqa: E402
 
 PHASES = (10, 1000, 10_000)
 SERVED = 8  # adapters the jobs go to
-
-
-def register_idle(pipeline: Pipeline, names: list[str]) -> None:
-    """Copies of the ``upper`` skill, routed as the API records them; no job ever names them."""
-    info = validate_adapter(str(adapter_dir("upper")), base_dir=DEMO_BASE, max_bytes=1 << 30)
-    with transaction(pipeline.sessions) as session:
-        base = session.scalars(select(BaseModelRow)).one()
-        owner = keys.ensure_tenant(session, name=ADMIN_TENANT, is_admin=True)
-        for name in names:
-            adapters.register_version(
-                session, name=name, uri=uri_of(info.path), info=info, base=base, owner=owner, public=True
-            )
 
 
 def idle_commands_per_s(client: redis.Redis, seconds: float) -> float:
@@ -73,8 +54,7 @@ def idle_commands_per_s(client: redis.Redis, seconds: float) -> float:
     return (after - before - 1) / seconds
 
 
-def tick_ms(read: object, repeat: int = 50) -> float:
-    assert callable(read)
+def tick_ms(read: Callable[[], object], repeat: int = 50) -> float:
     started = time.perf_counter()
     for _ in range(repeat):
         read()
@@ -103,7 +83,7 @@ def main() -> None:
             registered = SERVED + 1  # and the reserved base adapter, created on first use
             for phase in PHASES:
                 extra = [f"idle-{i:05d}" for i in range(registered, phase)]
-                register_idle(pipeline, extra)
+                register_demo_copies(pipeline.sessions, skill="upper", names=extra)  # no job names them
                 registered = max(registered, phase)
                 elapsed = pipeline.run(jobs, max_tokens=args.max_tokens, concurrency=16, label=f"{phase} registered")
                 time.sleep(2)  # the worker idle, its 8 adapters resident: the steady state between bursts

@@ -4,8 +4,9 @@ Real processes (a private Redis, a SQLite registry, the gateway, one Celery
 worker), as in ``bench/e2e.py``. Each trial registers a new adapter name
 through the API, submits one job for it at once and long-polls the result;
 the clock runs from the registration request to the result. The worker has
-to learn of the new queue (the gateway bumps a route epoch that workers read
-every plan tick), consume it, load the adapter and run the job.
+to learn of the new queue (the job's publish puts it in the backlog index,
+which workers read every plan tick), consume it, load the adapter and run
+the job.
 
 Prints one JSON line per figure::
 

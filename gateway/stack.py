@@ -19,11 +19,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.deps import ADMIN_TENANT
 from gateway.processes import (
     RedisServer,
     free_port,
@@ -33,10 +37,16 @@ from gateway.processes import (
     stop_process_group,
     wait_ready,
 )
+from registry import adapters, keys
+from registry.artifacts.checks import validate_adapter
+from registry.artifacts.uri import uri_of
+from registry.db import transaction
 from registry.migrate import upgrade
+from registry.models import BaseModelRow
 from registry.settings import DatabaseSettings
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.settings import QueueSettings
+from workers.demo_model import DEMO_BASE, adapter_dir
 
 
 def secret_file(path: Path, *, env: str) -> str:
@@ -317,3 +327,17 @@ def serve_forever(stack: Stack) -> None:
             time.sleep(0.5)
     finally:
         stack.stop()
+
+
+def register_demo_copies(sessions: sessionmaker[Session], *, skill: str, names: Sequence[str]) -> None:
+    """Register many adapters at once, straight into the registry (the API validates each: minutes for
+    thousands): copies of one shipped demo skill, owned and routed as the API records them. For tests
+    and benchmarks of scale; register one adapter through the API first, so the base model exists."""
+    info = validate_adapter(str(adapter_dir(skill)), base_dir=DEMO_BASE, max_bytes=1 << 30)
+    with transaction(sessions) as session:
+        base = session.scalars(select(BaseModelRow)).one()
+        owner = keys.ensure_tenant(session, name=ADMIN_TENANT, is_admin=True)
+        for name in names:
+            adapters.register_version(
+                session, name=name, uri=uri_of(info.path), info=info, base=base, owner=owner, public=True
+            )

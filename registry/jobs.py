@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -343,14 +343,19 @@ def is_terminal(status: str) -> bool:
     return status in {s.value for s in TERMINAL_STATUSES}
 
 
+def _unfinished_since(older_than: datetime) -> ColumnElement[bool]:
+    """Queued since before ``older_than``, or started then and not ended."""
+    return or_(
+        (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
+        (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
+    )
+
+
 def adapters_with_stale_jobs(session: Session, *, older_than: datetime) -> list[str]:
     """Names of the adapters with a job unfinished since before ``older_than``: O(adapters with live
     work). The reconciler reads their queues to repair the backlog index, whatever the age order of
     the jobs (``stale_queued`` returns the oldest only)."""
-    stale = or_(
-        (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
-        (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
-    )
+    stale = _unfinished_since(older_than)
     rows = session.scalars(select(Adapter.name).join(Job, Job.adapter_id == Adapter.id).where(stale).distinct())
     return sorted(rows)
 
@@ -360,10 +365,7 @@ def stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -
     message that should carry them, with their priority. A job left ``running`` by a worker that gave
     up (its database was down too long) is one of them; one whose message a live worker holds is
     found by the reconciler and left alone."""
-    stale = or_(
-        (Job.status == JobStatus.QUEUED.value) & (Job.created_at < older_than),
-        (Job.status == JobStatus.RUNNING.value) & (Job.started_at < older_than),
-    )
+    stale = _unfinished_since(older_than)
     rows = session.execute(with_versions().where(stale).order_by(Job.created_at).limit(limit)).all()
     return [(rebuilt_task(job, name, version), job.priority) for job, name, version in rows]
 

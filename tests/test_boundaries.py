@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,7 @@ def within(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def violations(package: str, bad: object) -> list[str]:
-    assert callable(bad)
+def violations(package: str, bad: Callable[[Path, str], bool]) -> list[str]:
     found = []
     for path in sources(package):
         for line, module in imports(path):

@@ -30,13 +30,19 @@ def test_missing_lists_expected_jobs_no_message_carries() -> None:
     assert missing(["a", "b", "c"], {"b"}) == ["a", "c"]
 
 
-def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
-    session_factory: sessionmaker[Session], redis_url: str
-) -> None:
+def worker_side(sessions: sessionmaker[Session], redis_url: str) -> tuple[redis.Redis, Publisher, Reconciler]:
+    """An empty Redis, and the publisher and reconciler a worker builds over it."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     publisher = Publisher(make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER), fail_fast=False)
-    reconciler = Reconciler(sessions=session_factory, client=client, publisher=publisher, grace_s=30, lock_s=1)
+    reconciler = Reconciler(sessions=sessions, client=client, publisher=publisher, grace_s=30, lock_s=1)
+    return client, publisher, reconciler
+
+
+def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
+    session_factory: sessionmaker[Session], redis_url: str
+) -> None:
+    client, publisher, reconciler = worker_side(session_factory, redis_url)
     names = ["lost", "waiting", "held", "fresh", "bulk", "abandoned"]
     lost, waiting, held, fresh, bulk, abandoned = enqueue(session_factory, names)
     with transaction(session_factory) as session:  # all but "fresh" were accepted a minute ago
@@ -67,10 +73,7 @@ def test_only_stale_jobs_with_no_message_anywhere_are_published_again(
 def test_a_queue_kombu_restored_without_a_mark_is_put_back_in_the_backlog_index(
     session_factory: sessionmaker[Session], redis_url: str
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    publisher = Publisher(make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER), fail_fast=False)
-    reconciler = Reconciler(sessions=session_factory, client=client, publisher=publisher, grace_s=30, lock_s=1)
+    client, publisher, reconciler = worker_side(session_factory, redis_url)
     [restored] = enqueue(session_factory, ["restored"])
     with transaction(session_factory) as session:  # started a minute ago by a worker that died
         old = utcnow() - timedelta(seconds=60)
