@@ -150,11 +150,13 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
     broker = redis.Redis.from_url(settings.queue.redis_url, socket_timeout=5, socket_connect_timeout=2)
     publisher = Publisher(app, fail_fast=False)
     runtime = RuntimeHolder(settings, sessions, Cancellations(broker))
-    register_tasks(
-        app, lambda: runtime.current() or runtime.start(app.conf.get("worker_name") or "worker"), publisher=publisher
-    )
-
     reader = QueueReader(broker, limit=settings.plan_max_queues)
+    register_tasks(
+        app,
+        lambda: runtime.current() or runtime.start(app.conf.get("worker_name") or "worker"),
+        publisher=publisher,
+        pulled=reader.pulled,
+    )
     app.steps["consumer"].add(
         make_planner(
             read=reader.read,

@@ -28,6 +28,7 @@ The engine is modelled as ``workers.engine.scheduler`` runs it:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -115,6 +116,8 @@ class _Worker:
     slots: OrderedDict[str, None] = field(default_factory=OrderedDict)  # resident adapters, LRU first
     t: float = 0.0
     arrived: int = 0
+    consuming: list[str] = field(default_factory=list)  # the sticky policy's last choice
+    served_at: dict[str, float] = field(default_factory=dict)  # adapter -> when a message was last pulled
 
     def receive(self) -> None:
         while self.arrived < len(self.arrivals) and self.arrivals[self.arrived].at_s <= self.t:
@@ -130,6 +133,7 @@ class _Worker:
             self._fifo_picks(room) if self.policy == "fifo" else _round_robin(self.queues, self._sticky_order(), room)
         )
         for adapter in picks:
+            self.served_at[adapter] = self.t
             index = self.queues[adapter].popleft()
             self.pending.append(_Held(index, adapter, self.t, self.arrivals[index].steps))
 
@@ -147,11 +151,20 @@ class _Worker:
 
     def _sticky_order(self) -> list[str]:
         states = [
-            QueueState(adapter=a, depth=len(q), oldest_age_s=self.t - self.arrivals[q[0]].at_s)
+            QueueState(
+                adapter=a,
+                depth=len(q),
+                oldest_age_s=self.t - self.arrivals[q[0]].at_s,
+                served_ago_s=self.t - self.served_at.get(a, -math.inf),
+            )
             for a, q in self.queues.items()
             if q
         ]
-        return choose_queues(states, resident=self.slots.keys(), config=self.model.sticky_config())
+        chosen = choose_queues(
+            states, resident=self.slots.keys(), config=self.model.sticky_config(), consuming=self.consuming
+        )
+        self.consuming = chosen
+        return chosen
 
     def admit(self) -> int:
         """Rows that join before the next step; returns the swaps it took."""

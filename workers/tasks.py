@@ -25,7 +25,15 @@ RETRY_DELAY_S = 1.0  # before a job that failed unexpectedly runs again (its att
 DB_RETRIES = 150  # five minutes of database outage before the message is given up
 
 
-def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Publisher) -> None:
+def register_tasks(
+    app: Celery,
+    runtime: Callable[[], Runtime],
+    *,
+    publisher: Publisher,
+    pulled: Callable[[str], None] = lambda adapter: None,
+) -> None:
+    """``pulled`` hears the adapter of every message received (the planner's starvation clock)."""
+
     def requeue(task: Any, payload: TaskPayload | list[TaskPayload], **options: Any) -> BaseException:
         """Celery's own retry, sent as the gateway would: no prompt in ``argsrepr`` (Celery drops the
         original's), and the adapter marked in the backlog index once the message is back in Redis."""
@@ -38,6 +46,7 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
         job_id: str = self.request.id
         try:
             task = TaskJob.model_validate(payload)
+            pulled(task.adapter)
             outcome = runtime().run(task)
         except OperationalError as exc:
             # The registry is unreachable: put the job back rather than lose it.
@@ -58,6 +67,8 @@ def register_tasks(app: Celery, runtime: Callable[[], Runtime], *, publisher: Pu
         job is recorded; a job to retry goes back to its queue alone, as a job message."""
         try:
             tasks = [TaskJob.model_validate(p) for p in payload]
+            for adapter in {t.adapter for t in tasks}:
+                pulled(adapter)
             outcomes = runtime().run_many(tasks)
         except OperationalError as exc:
             raise requeue(self, payload, exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_RETRIES) from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,3 +115,36 @@ def test_an_idle_worker_takes_a_shallow_queue_at_once() -> None:
     full = StickyConfig(slots=2, max_wait_s=30)
     assert choose_queues([q("new", 1, age=0.05)], resident={"a", "b"}, config=full) == ["new"]
     assert choose_queues([q("new", 1, age=0.05), q("a", 3)], resident={"a", "b"}, config=full) == ["a"]
+
+
+def test_a_queue_served_recently_is_not_overdue_however_old_its_oldest_job() -> None:
+    """In a burst every job is about as old as the bound: counting from the last service keeps the
+    resident queues, instead of making every queue overdue at once and rotating the slots."""
+    served = QueueState(adapter="a", depth=400, oldest_age_s=50.0, served_ago_s=0.2)
+    starved = QueueState(adapter="b", depth=400, oldest_age_s=50.0, served_ago_s=12.0)
+    never = QueueState(adapter="c", depth=400, oldest_age_s=11.0)
+    assert choose_queues([served], resident={"a"}, config=CONFIG) == ["a"]
+    assert choose_queues([served, starved, never], resident={"a", "x"}, config=CONFIG) == ["b", "c"]
+
+
+def test_queues_being_consumed_are_kept_before_resident_ones() -> None:
+    """A queue just chosen is not resident until its first rows load; dropping it then wastes the swap."""
+    queues = [q("old", 40, age=3), q("new", 40, age=1)]
+    assert choose_queues(queues, resident={"old", "x"}, config=CONFIG, consuming=["new"])[0] == "new"
+    assert choose_queues(queues, resident={"old", "x"}, config=CONFIG)[0] == "old"
+
+
+def test_a_burst_over_more_adapters_than_slots_loads_each_adapter_a_few_times_and_serves_every_one() -> None:
+    """1,200 jobs at once over 6 adapters, 3 slots: FIFO swaps on most batches; sticky loads an adapter
+    again only when the bound makes it rotate, and no adapter with waiting jobs goes unserved for
+    much longer than the bound."""
+    model = WorkerModel(slots=3, batch_rows=6, step_s=0.01, swap_s=0.003, max_wait_s=2.0, held_rows=18)
+    arrivals = [Arrival(i * 1e-6, f"a{i % 6}", steps=4) for i in range(1200)]
+    sticky = simulate(arrivals, policy="sticky", model=model)
+    fifo = simulate(arrivals, policy="fifo", model=model)
+    assert sticky.swaps <= 3 * 6 < fifo.swaps / 5  # each adapter loaded a few times, not per batch
+    served: dict[str, list[float]] = {}
+    for index, at in sorted(sticky.served.items(), key=lambda item: item[1]):
+        served.setdefault(arrivals[index].adapter, []).append(at)
+    gaps = [b - a for times in served.values() for a, b in itertools.pairwise([0.0, *times])]
+    assert max(gaps) <= model.max_wait_s + 2 * model.longest_batch_s(4) + 0.5  # + the engine's swap wait

@@ -21,6 +21,13 @@ Who writes it:
   grace with a message present: the repair path for the messages kombu puts
   back by itself (a dead worker's, after the visibility timeout) and for a
   mark that failed after its push.
+
+Beside it, ``loraq:served``: member = adapter, score = when a worker last
+consumed its queue (every planner writes the queues it consumes, each tick;
+a drained queue's entry goes with its index entry). The starvation bound
+counts a queue's wait from the later of its oldest message and its last
+service, so a burst (every message equally old) does not make every queue
+overdue at once, and workers see each other's service.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
-from workers.contract.names import BACKLOG_KEY, KOMBU_SEP, PRIORITY_STEPS, QUEUE_PREFIX
+from workers.contract.names import BACKLOG_KEY, KOMBU_SEP, PRIORITY_STEPS, QUEUE_PREFIX, SERVED_KEY
 
-# KEYS[1]: the index. ARGV: prefix, separator, n steps, the steps, then adapters.
+# KEYS[1]: the index, KEYS[2]: the served times. ARGV: prefix, separator, n steps, the steps, then adapters.
 _DROP_DRAINED = """
 local prefix, sep, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local dropped = {}
@@ -45,6 +52,7 @@ for i = 4 + nsteps, #ARGV do
         waiting = waiting + redis.call("LLEN", key)
     end
     if waiting == 0 and redis.call("ZREM", KEYS[1], adapter) == 1 then
+        redis.call("ZREM", KEYS[2], adapter)
         table.insert(dropped, adapter)
     end
 end
@@ -82,5 +90,19 @@ def drop_drained(client: redis.Redis, adapters: Sequence[str]) -> list[str]:
         return []
     steps = [str(s) for s in PRIORITY_STEPS]
     args = [QUEUE_PREFIX, KOMBU_SEP, str(len(steps)), *steps, *adapters]
-    dropped: list[bytes] = client.eval(_DROP_DRAINED, 1, BACKLOG_KEY, *args)
+    dropped: list[bytes] = client.eval(_DROP_DRAINED, 2, BACKLOG_KEY, SERVED_KEY, *args)
     return [d.decode() for d in dropped]
+
+
+def mark_served(client: redis.Redis, adapters: Sequence[str], *, now: float) -> None:
+    """Note that a worker consumes these adapters' queues now."""
+    if adapters:
+        client.zadd(SERVED_KEY, dict.fromkeys(adapters, now), gt=True)
+
+
+def served_at(client: redis.Redis, adapters: Sequence[str]) -> dict[str, float]:
+    """When each of ``adapters``' queues was last consumed by any worker (absent: never, or drained since)."""
+    if not adapters:
+        return {}
+    scores: list[float | None] = client.zmscore(SERVED_KEY, list(adapters))
+    return {a: float(s) for a, s in zip(adapters, scores, strict=True) if s is not None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class QueueState:
     depth: int  # messages waiting, all priorities (a bulk chunk is one)
     oldest_age_s: float  # age of the oldest waiting message; 0 when empty
     interactive: int = 0  # messages waiting at interactive priority
+    served_ago_s: float = math.inf  # since a worker last consumed this queue (any worker); inf: never, or unknown
 
 
 def enqueued_at(raw: bytes | None) -> float | None:

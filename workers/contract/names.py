@@ -20,9 +20,14 @@ CHUNK_JOBS_HEADER = "loraq_jobs"  # message header of a chunk: its job ids (the 
 # --- loraq's own Redis keys ---------------------------------------------------------------------
 CANCEL_KEY = "loraq:cancel:{job_id}"  # set by the gateway when a job is cancelled; workers stop its row
 CANCEL_TTL_S = 24 * 3600
+SERVED_KEY = "loraq:served"  # sorted set: adapter -> when a worker last consumed its queue (epoch s)
 BACKLOG_KEY = "loraq:backlog"  # sorted set: adapter -> when its queue last went from empty to waiting (epoch s)
 WORKER_KEY = "loraq:worker:{name}"  # a worker's heartbeat record (JSON), expires when heartbeats stop
 RECONCILE_LOCK = "loraq:reconcile"  # held by the one worker re-publishing lost messages this round
+DONE_CHANNEL = "loraq:done"  # pub/sub: a JSON list of the job ids one commit ended (workers, cancels); gateways wake
+STREAM_KEY = "loraq:stream:{job_id}"  # stream: a streamed job's text deltas, then its end marker (workers write)
+STREAM_MAXLEN = 1000  # entries a token stream keeps (approximate trim); a reader that falls behind reads the result
+STREAM_TTL_S = 300  # a token stream expires this long after its last entry
 
 # --- kombu's Redis transport, read (never written) by loraq except the unacked index's scores ---
 UNACKED = "unacked"  # hash: delivery tag -> [message, exchange, routing key] of unacknowledged messages
@@ -51,3 +56,7 @@ def cancel_key(job_id: str) -> str:
 
 def worker_key(name: str) -> str:
     return WORKER_KEY.format(name=name)
+
+
+def stream_key(job_id: str) -> str:
+    return STREAM_KEY.format(job_id=job_id)

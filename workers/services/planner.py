@@ -5,8 +5,8 @@ thread may add and cancel queues):
 
 1. read the queues that have work, from the backlog index, and the adapters
    resident in the engine (:class:`QueueReader`: depth, oldest age,
-   interactive backlog, in a bounded number of commands however many
-   adapters are registered);
+   interactive backlog, when any worker last served it, in a bounded number
+   of commands however many adapters are registered);
 2. ask the pure policy (:func:`workers.sticky.choose_queues`) which queues
    to consume, and add / cancel consumers to match
    (``Consumer.add_task_queue`` / ``cancel_task_queue``); messages already
@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -46,7 +48,8 @@ def plan(
     Resident adapters' queues stay consumed while there is room (a new job
     for them needs no swap), and nothing changes while no queue has backlog.
     """
-    chosen = choose_queues(states, resident=resident, config=config)
+    mine = [a for q in consuming if (a := adapter_of_queue(q)) is not None]
+    chosen = choose_queues(states, resident=resident, config=config, consuming=mine)
     if not chosen:
         return [], []
     wanted = list(chosen)
@@ -105,6 +108,14 @@ def resize_prefetch(
         log.info("prefetch now %d messages", c.qos.value)
 
 
+def with_service(states: Sequence[QueueState], served_at: Mapping[str, float]) -> list[QueueState]:
+    """The states with how long ago each queue was last served (as the queue's age when never)."""
+    now = time.time()
+    return [
+        replace(s, served_ago_s=max(0.0, now - served_at[s.adapter])) if s.adapter in served_at else s for s in states
+    ]
+
+
 class QueueReader:
     """What one plan tick reads, in commands bounded by the work in flight, not by what is registered.
 
@@ -121,12 +132,23 @@ class QueueReader:
     def __init__(self, client: redis.Redis, *, limit: int, resident_every: int = 10) -> None:
         self.client, self.limit, self.resident_every = client, limit, resident_every
         self.ticks = 0
+        self._pulled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def pulled(self, adapter: str) -> None:
+        """A message of ``adapter``'s queue reached this worker (called from task threads); the next
+        read records it as served, for every worker's starvation bound (:mod:`workers.sticky`)."""
+        with self._lock:
+            self._pulled.add(adapter)
 
     def read(self, resident: Collection[str]) -> list[QueueState]:
+        with self._lock:
+            pulled, self._pulled = sorted(self._pulled), set()
+        backlog.mark_served(self.client, pulled, now=time.time())
         indexed = [adapter for adapter, _ in backlog.waiting(self.client, limit=self.limit)]
         self.ticks += 1
         extra = sorted(set(resident) - set(indexed)) if self.ticks % self.resident_every == 0 else []
-        seen = read_states(self.client, indexed + extra)
+        seen = with_service(read_states(self.client, indexed + extra), backlog.served_at(self.client, indexed + extra))
         drained = [s.adapter for s in seen[: len(indexed)] if s.depth == 0]
         if drained:
             backlog.drop_drained(self.client, drained)

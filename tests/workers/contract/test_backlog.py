@@ -58,3 +58,15 @@ def test_a_drop_racing_a_publish_never_leaves_a_waiting_queue_out_of_the_index(r
             t.join()
         assert client.llen(queue_name("x")) == 1
         assert [a for a, _ in backlog.waiting(client, limit=10)] == ["x"], f"lost in round {round_}"
+
+
+def test_service_times_are_shared_kept_latest_and_forgotten_with_the_drained_queue(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    backlog.mark(client, {"a": 1.0, "b": 1.0})
+    client.lpush(queue_name("b"), "m")
+    backlog.mark_served(client, ["a", "b"], now=20.0)
+    backlog.mark_served(client, ["a"], now=10.0)  # another worker's older clock does not go back
+    assert backlog.served_at(client, ["a", "b", "never"]) == {"a": 20.0, "b": 20.0}
+    backlog.drop_drained(client, ["a", "b"])
+    assert backlog.served_at(client, ["a", "b"]) == {"b": 20.0}

@@ -126,3 +126,27 @@ def test_prefetch_moves_by_differences_and_keeps_celerys_own_adjustments() -> No
     qos.update()
     assert not control.apply(qos, initial=48, want=3)  # already aimed there: untouched
     assert control.apply(qos, initial=48, want=48) and qos.value == 50 and applied[-1] == 50
+
+
+def test_a_pulled_message_marks_its_queue_served_for_every_worker(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    for adapter in ("pulled", "waiting"):
+        client.lpush(queue_name(adapter), json.dumps({"body": ""}))
+    backlog.mark(client, {"pulled": 1.0, "waiting": 1.0})
+    reader, other = QueueReader(client, limit=64), QueueReader(client, limit=64)
+    reader.pulled("pulled")
+    reader.read(set())
+    ages = {s.adapter: s.served_ago_s for s in other.read(set())}
+    assert ages["pulled"] < 5
+    assert ages["waiting"] == float("inf")
+
+
+def test_the_plan_keeps_the_queues_it_consumes_before_resident_ones() -> None:
+    add, cancel = plan(
+        [q("resident", 9, age=2), q("chosen", 9, age=1)],
+        resident={"resident", "x"},
+        consuming={"lora.chosen"},
+        config=StickyConfig(slots=1, max_wait_s=10, batch_rows=4),
+    )
+    assert (add, cancel) == ([], [])
