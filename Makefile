@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint typecheck model audit lock bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters clean
+.PHONY: install demo test lint typecheck model audit lock bench bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters bench-push bench-webhooks bench-history clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ model: install
 	$(PY) -m workers.demo_model.build
 
 # Benchmarks: run by hand, never by CI; each prints one JSON line per figure.
-bench: bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters
+bench: bench-sticky bench-engine bench-e2e bench-hot bench-ingest bench-adapters bench-push bench-webhooks bench-history
 
 bench-sticky: install
 	$(PY) bench/sticky.py
@@ -60,6 +60,16 @@ bench-ingest: install
 
 bench-adapters: install
 	$(PY) bench/adapters.py
+
+bench-push: install
+	$(PY) bench/push.py
+
+bench-webhooks: install
+	$(PY) bench/webhooks.py
+
+# 1M job rows on SQLite and PostgreSQL: ~10 min on 2 cores; --rows 100000 for a quick look.
+bench-history: install
+	$(PY) bench/history.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -15,7 +15,17 @@ measured side by side in this one run and printed as one JSON line:
 - ``continuous_over_static``: 64 requests with output lengths spread over
   1-64 tokens, continuous batching ÷ static batches of 16 that run until
   their longest row is done, as ``generate`` does (goal >= 1.5); the line
-  also gives the ratio over static batches that drop finished rows.
+  also gives the ratio over static batches that drop finished rows;
+- ``single_adapter_over_base``: the batch with every row on one adapter (the
+  merged fast path: it merges after 8 forwards) ÷ the base alone (goal >= 0.97);
+  the line also gives the same batch with merging off;
+- ``merge_ms`` / ``unmerge_ms``: merging one r = 16 adapter into the base
+  weights, and restoring them from the saved copy;
+- ``dora_mixed_over_lora_mixed``: the mixed batch of 8 DoRA adapters ÷ the
+  mixed batch of 8 plain LoRA adapters (same ranks and targets);
+- ``int8_over_fp32`` and ``int8_weights_mb_over_fp32``: the mixed batch on an
+  engine with ``quantize="int8"`` ÷ the same on float32, and its weights'
+  MiB ÷ float32's (CPU only: int8 is torch's dynamic int8).
 
 Run by hand: ``python bench/engine.py [--repeats 3]``.
 """
@@ -33,12 +43,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,15 +102,34 @@ def build(tmp: Path, shape: str, adapters: int, rank: int) -> tuple[Path, list[P
     model.save_pretrained(base_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO_BASE / name, base_dir / name)
+    return base_dir, build_adapters(tmp, base_dir, adapters, rank, dora=False)
+
+
+def build_adapters(tmp: Path, base_dir: Path, adapters: int, rank: int, *, dora: bool) -> list[Path]:
+    """Random adapters on every linear; DoRA ones get magnitudes computed on this base (PEFT's init)."""
     paths = []
     for i in range(adapters):
         torch.manual_seed(100 + i)
-        cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
-        peft_model = get_peft_model(AutoModelForCausalLM.from_config(SHAPES[shape]()), cfg)
-        path = tmp / f"adapter{i}"
+        cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False, use_dora=dora)
+        base = (
+            AutoModelForCausalLM.from_pretrained(base_dir)
+            if dora
+            else AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+        )
+        peft_model = get_peft_model(base, cfg)
+        path = tmp / f"{'dora' if dora else 'adapter'}{i}"
         peft_model.save_pretrained(path)
         paths.append(path)
-    return base_dir, paths
+    return paths
+
+
+def refs_for(paths: list[Path], prefix: str) -> list[AdapterRef]:
+    return [
+        AdapterRef(
+            key=f"{prefix}{i}", uri=str(p), sha256=file_sha256(p / "adapter_model.safetensors"), name=f"{prefix}{i}"
+        )
+        for i, p in enumerate(paths)
+    ]
 
 
 def best_of(repeats: int, fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -208,7 +237,7 @@ def peft_seconds(args: argparse.Namespace, base_dir: Path, paths: list[Path], pr
 def swaps(run: Run) -> None:
     """Host -> slot, and disk -> host -> slot, for one r = 16 adapter."""
     engine = run.engine
-    host = read_adapter(run.paths[0], key="swap", sha256=None, shapes=engine.adapters.shapes, r_max=16, dtype=run.dtype)
+    host = read_adapter(run.paths[0], key="swap", sha256=None, base=engine.adapters.base, r_max=16, dtype=run.dtype)
     host_times, disk_times = [], []
     for _ in range(20):
         run.sync()
@@ -223,7 +252,7 @@ def swaps(run: Run) -> None:
             run.paths[1],
             key="swap-disk",
             sha256=run.refs[1].sha256,
-            shapes=engine.adapters.shapes,
+            base=engine.adapters.base,
             r_max=16,
             dtype=run.dtype,
         )
@@ -277,6 +306,87 @@ def continuous_vs_static(run: Run) -> None:
     )
 
 
+def batch(run: Run, adapters: list[AdapterRef | None]) -> list[GenRequest]:
+    """The run's prompts, row ``i`` on ``adapters[i % len(adapters)]``."""
+    sampling = SamplingParams(max_tokens=run.args.new_tokens)
+    return [
+        GenRequest(job_id=str(i), prompt=p, sampling=sampling, adapter=adapters[i % len(adapters)])
+        for i, p in enumerate(run.prompts)
+    ]
+
+
+def timed(run: Run, engine: LoraEngine, requests: list[GenRequest]) -> float:
+    engine.generate(requests)  # warm up: adapters into slots (and merged, where the policy merges)
+    return run.time(lambda: engine.generate(requests))
+
+
+def single_adapter(run: Run) -> None:
+    """Every row on one adapter: merged (steady state: it stays merged between calls) and not."""
+    engine = run.engine
+    t_base = timed(run, engine, batch(run, [None]))
+    one = batch(run, [run.refs[0]])
+    t_merged = timed(run, engine, one)
+    policy, engine.adapters.merge_policy = engine.adapters.merge_policy, None
+    with engine.scheduler.step_lock:
+        engine.adapters.merger.unmerge()
+    t_side = timed(run, engine, one)
+    engine.adapters.merge_policy = policy
+    emit(
+        "single_adapter_over_base",
+        t_base / t_merged,
+        unmerged_over_base=round(t_base / t_side, 4),
+        goal=0.97,
+        **run.common,
+    )
+
+
+def merge_times(run: Run) -> None:
+    """Merging one r = 16 adapter on every linear into the base weights, and restoring them."""
+    adapters = run.engine.adapters
+    slot = adapters.slot_of(run.refs[0].key)
+    assert slot is not None
+    merges: list[float] = []
+    unmerges: list[float] = []
+    with run.engine.scheduler.step_lock:
+        adapters.merger.unmerge()
+        for _ in range(10):
+            merges.append(best_of(1, lambda: adapters.merger.merge(slot), run.sync))
+            unmerges.append(best_of(1, adapters.merger.unmerge, run.sync))
+    copy_mib = round(run.engine.budget.merge_copy / 2**20, 1)
+    emit("merge_ms", 1000 * statistics.median(merges), rank=16, copy_mib=copy_mib, **run.common)
+    emit("unmerge_ms", 1000 * statistics.median(unmerges), rank=16, copy_mib=copy_mib, **run.common)
+
+
+def dora_vs_lora(run: Run, dora: list[AdapterRef]) -> None:
+    """The mixed batch of 8 DoRA adapters ÷ of 8 plain ones (same ranks and targets)."""
+    t_lora = timed(run, run.engine, batch(run, list(run.refs[:8])))
+    t_dora = timed(run, run.engine, batch(run, list(dora)))
+    tokens = run.args.rows * run.args.new_tokens
+    emit("dora_mixed_over_lora_mixed", t_lora / t_dora, dora_tok_s=round(tokens / t_dora, 1), **run.common)
+
+
+def int8_vs_fp32(run: Run) -> None:
+    """The mixed batch on an int8 base ÷ on the float32 one; weights' MiB likewise (CPU only)."""
+    if run.device.type != "cpu" or run.dtype != torch.float32:
+        print("int8 figures skipped: LORAQ_QUANTIZE=int8 is CPU float32 only", file=sys.stderr)
+        return
+    mixed = batch(run, list(run.refs[:8]))
+    t_fp32 = timed(run, run.engine, mixed)
+    int8 = LoraEngine(replace(run.engine.config, quantize="int8"))
+    print(int8.describe(), file=sys.stderr)
+    t_int8 = timed(run, int8, mixed)
+    weights, fp32_weights = int8.budget.weights, run.engine.budget.weights
+    int8.close()
+    emit("int8_over_fp32", t_fp32 / t_int8, **run.common)
+    emit(
+        "int8_weights_mb_over_fp32",
+        weights / fp32_weights,
+        int8_mib=round(weights / 2**20, 1),
+        fp32_mib=round(fp32_weights / 2**20, 1),
+        **run.common,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -289,10 +399,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loraq-bench-engine-") as tmp_name:
         print("building the random base and 8 adapters ...", file=sys.stderr)
         base_dir, paths = build(Path(tmp_name), args.shape, adapters=8, rank=16)
-        refs = [
-            AdapterRef(key=f"a{i}", uri=str(p), sha256=file_sha256(p / "adapter_model.safetensors"), name=f"a{i}")
-            for i, p in enumerate(paths)
-        ]
+        refs = refs_for(paths, "a")
+        dora = refs_for(build_adapters(Path(tmp_name), base_dir, 8, 16, dora=True), "d")
         rng = random.Random(0)
         prompts = ["".join(rng.choice("abcdefghij ") for _ in range(24)) for _ in range(args.rows)]
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -322,6 +430,10 @@ def main() -> None:
         mixed_vs_base_and_peft(run)
         swaps(run)
         continuous_vs_static(run)
+        single_adapter(run)
+        merge_times(run)
+        dora_vs_lora(run, dora)
+        int8_vs_fp32(run)
         engine.close()
 
 

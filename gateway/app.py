@@ -10,9 +10,13 @@ from fastapi import FastAPI
 from gateway import errors, metrics
 from gateway.batch_supervisor import BatchSupervisor
 from gateway.body_limit import BodyLimit
+from gateway.job_events import JobEvents
 from gateway.limits import ModelLimits
-from gateway.routes import adapters, batches, files, health, jobs, keys, openai, status, tenants, usage
+from gateway.purger import Purger
+from gateway.routes import adapters, batches, files, health, jobs, keys, openai, status, tenants, usage, webhooks
 from gateway.settings import GatewaySettings
+from gateway.webhooks.dispatcher import Dispatcher
+from gateway.webhooks.schedule import RetryPolicy
 from registry import logs
 from registry.db import engine_from_settings, session_factory
 from workers.contract.messages import fail_fast_publisher
@@ -25,8 +29,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batches.start()
+        app.state.purger.start()
+        app.state.webhooks.start()
+        app.state.job_events.start()
         yield
+        app.state.job_events.stop()
         app.state.batches.stop()
+        app.state.purger.stop()
+        app.state.webhooks.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -38,13 +48,30 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.publisher = fail_fast_publisher(settings.queue)
+    app.state.job_events = JobEvents(
+        redis_url=settings.queue.redis_url,
+        sessions=app.state.sessions,
+        fallback_s=settings.wait_fallback_s,
+        on_done=lambda: app.state.webhooks.wake(),  # a job ended: its webhook deliveries are due now
+    )
     app.state.limits = ModelLimits.from_model_dir(settings.base_model)
     app.state.batches = BatchSupervisor(
         sessions=app.state.sessions, publisher=app.state.publisher, settings=settings, limits=app.state.limits
     )
+    app.state.purger = Purger(
+        sessions=app.state.sessions, policy=settings.retention(), interval_s=settings.purge_interval_s
+    )
+    app.state.webhooks = Dispatcher(
+        sessions=app.state.sessions,
+        allow=settings.webhook_allow,
+        senders=settings.webhook_senders,
+        timeout_s=settings.webhook_timeout_s,
+        policy=RetryPolicy(base_s=settings.webhook_retry_base_s),
+    )
+    app.state.batches.on_event = app.state.webhooks.wake
     errors.install(app)
     metrics.install(app, sessions=app.state.sessions, redis_url=settings.queue.redis_url)
-    routers = (health, jobs, openai, files, batches, adapters, keys, tenants, status, usage)
+    routers = (health, jobs, openai, files, batches, adapters, keys, tenants, status, usage, webhooks)
     for module in routers:
         app.include_router(module.router)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.batch_ingest import Ingester
 from gateway.limits import ModelLimits
 from gateway.settings import GatewaySettings
-from registry import batches
+from registry import batches, webhooks
 from registry.batch_output import finalize
 from registry.models import BatchRow, utcnow
 from workers.contract.messages import Publisher
@@ -36,6 +37,7 @@ class BatchSupervisor:
     ) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.on_event: Callable[[], None] | None = None  # told when a batch's end recorded webhook deliveries
         self.owner = f"gw-{secrets.token_hex(6)}"
         self.ingester = Ingester(
             sessions=sessions, publisher=publisher, settings=settings, limits=limits, owner=self.owner
@@ -94,4 +96,13 @@ class BatchSupervisor:
             if not batch.ingest_done or seen.live:
                 return
             finalize(session, batch=batch, files_dir=self.settings.files_path(), max_bytes=self.settings.max_file_bytes)
+            hooks = webhooks.batch_ended(
+                session,
+                batch_id=batch.id,
+                tenant_id=batch.tenant_id,
+                status=batch.status,
+                own_url=(batch.metadata_ or {}).get(webhooks.METADATA_KEY),
+            )
             log.info("batch %s %s: %d completed, %d failed", batch_id, batch.status, batch.completed, batch.failed)
+        if hooks and self.on_event is not None:
+            self.on_event()

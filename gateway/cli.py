@@ -18,7 +18,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from gateway import cli_batches, cli_status
+from gateway import cli_batches, cli_status, cli_webhooks
 from gateway import stack as stack_mod
 from gateway.cli_client import Client, ClientSettings, client, console, err, run
 from gateway.processes import free_port
@@ -41,6 +41,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(routes_app, name="routes")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(cli_batches.app, name="batches")
+app.add_typer(cli_webhooks.app, name="webhooks")
 app.command("status")(cli_status.status)
 app.command("usage")(cli_status.usage)
 
@@ -270,6 +271,30 @@ def submit(
 def jobs_get(job_id: str, wait: Annotated[float, typer.Option(help="Seconds to wait for it to end.")] = 0.0) -> None:
     """Show a job as JSON."""
     run(lambda: _print_job(client().call("GET", f"/v1/jobs/{job_id}", params={"wait": wait})))
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: str, timeout: Annotated[float, typer.Option(help="Seconds to follow it at most.")] = 600.0
+) -> None:
+    """Print a job's text as it is generated (jobs submitted with stream: true), then how it ended;
+    exits 1 unless it succeeded."""
+
+    def go() -> None:
+        ended: dict[str, Any] = {}
+        for event in client().events(f"/v1/jobs/{job_id}/stream", params={"timeout": timeout}):
+            if event["type"] == "delta":
+                console.print(event["text"], end="", highlight=False, markup=False)
+            elif event["type"] == "error":
+                err.print(f"\n[red]{event['code']}[/red]: {event['message']}")
+            elif event["type"] == "end":
+                ended = event["job"]
+        console.print()
+        err.print(f"{job_id}: {ended.get('status', 'unknown')}")
+        if ended.get("status") != "succeeded":
+            raise typer.Exit(1)
+
+    run(go)
 
 
 @keys_app.command("create")

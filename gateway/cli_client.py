@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,24 @@ class Client:
                 raise CliError(f"{error['code']}: {error['message']}")
             except (ValueError, KeyError, TypeError):
                 raise CliError(f"HTTP {resp.status_code}: {resp.text[:200]}") from None
-        return resp.json()
+        return None if resp.status_code == 204 else resp.json()
+
+    def events(self, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The ``data:`` payloads of a server-sent event stream, as they arrive."""
+        try:
+            with self.http.stream("GET", path, timeout=httpx.Timeout(30, read=None), **kwargs) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    try:
+                        error = resp.json()["error"]
+                    except (ValueError, KeyError, TypeError):
+                        raise CliError(f"HTTP {resp.status_code}: {resp.text[:200]}") from None
+                    raise CliError(f"{error['code']}: {error['message']}")
+                for line in resp.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[len("data: ") :])
+        except httpx.HTTPError as exc:
+            raise CliError(f"the stream from {self.http.base_url} broke: {exc}") from exc
 
 
 class CliError(Exception):

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.job_events import JobEvents
 from gateway.limits import ModelLimits
 from gateway.settings import GatewaySettings
 from registry import keys
@@ -50,11 +51,17 @@ def get_publisher(request: Request) -> Publisher:
     return publisher
 
 
+def get_job_events(request: Request) -> JobEvents:
+    events: JobEvents = request.app.state.job_events
+    return events
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 LimitsDep = Annotated[ModelLimits, Depends(get_limits)]
+JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]
 
 
 def current_tenant(

@@ -43,8 +43,10 @@ class ModelLimits:
         return len(self.tokenizer.encode(prompt, add_special_tokens=True).ids)
 
 
-def check_job(body: JobCreate, *, limits: ModelLimits, max_prompt_chars: int, max_tokens_limit: int) -> None:
-    """Refuse what settings or the model cannot take (the schema checked the rest)."""
+def check_job(body: JobCreate, *, limits: ModelLimits, max_prompt_chars: int, max_tokens_limit: int) -> int | None:
+    """Refuse what settings or the model cannot take (the schema checked the rest). Returns the
+    prompt's tokens as counted here (None without a tokenizer): what the job reserves on its
+    tenant's token quota, with ``max_tokens``."""
     text = body.prompt_text()
     if not text.strip():
         raise InvalidRequest("prompt is empty; send the text to generate from.", code="prompt_empty")
@@ -67,3 +69,4 @@ def check_job(body: JobCreate, *, limits: ModelLimits, max_prompt_chars: int, ma
             f"{limits.context} tokens; shorten the prompt or lower max_tokens.",
             code="context_length_exceeded",
         )
+    return used

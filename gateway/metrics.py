@@ -2,11 +2,12 @@
 
 The fleet's figures are read when Prometheus scrapes (a custom collector), so
 every gateway replica reports the same truth and nothing drifts: jobs by
-adapter, version and status; each adapter queue's messages and the age of
-its oldest queued job; batches by status; live workers and their heartbeat
-age. HTTP requests are counted by route template (``/v1/jobs/{job_id}``),
-never by raw path, so job ids never become labels. A registry or Redis that
-does not answer is reported as ``loraq_up{dependency} 0``, not as a failed scrape.
+adapter, version and status (the registry's rollups, O(groups) whatever the
+history); each adapter queue's messages and the age of its oldest queued job;
+batches by status; live workers and their heartbeat age. HTTP requests are
+counted by route template (``/v1/jobs/{job_id}``), never by raw path, so job
+ids never become labels. A registry or Redis that does not answer is reported
+as ``loraq_up{dependency} 0``, not as a failed scrape.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import status
-from registry.models import Adapter, AdapterVersion, BatchRow, Job, utcnow
+from registry import status, webhooks
+from registry.models import BatchRow, utcnow
 from workers.contract import backlog, heartbeat
 from workers.contract.broker import read_states
 
@@ -65,21 +66,20 @@ class FleetCollector(Collector):
         )
         oldest = _gauge("loraq_queue_oldest_job_age_seconds", "Age of the adapter's oldest queued job.", "adapter")
         batches = _gauge("loraq_batches", "Batch API batches by status.", "status")
+        hooks = _gauge(
+            "loraq_webhook_deliveries", "Webhook deliveries pending (retries included) and failed.", "status"
+        )
         with self.sessions() as session:
-            rows = session.execute(
-                select(Adapter.name, AdapterVersion.version, Job.status, func.count())
-                .join(Adapter, Adapter.id == Job.adapter_id)
-                .join(AdapterVersion, AdapterVersion.id == Job.version_id)
-                .group_by(Adapter.name, AdapterVersion.version, Job.status)
-            ).all()
-            for name, version, state, count in rows:
-                jobs.add_metric([name, str(version), state], count)
+            for state, count in webhooks.backlog(session).items():
+                hooks.add_metric([state], count)
+            for name, version, state, count in session.execute(status.job_counts()).all():
+                jobs.add_metric([name, str(version), state], int(count))
             for queue in status.queues(session, now=utcnow()):
                 if queue.queued:
                     oldest.add_metric([queue.adapter], queue.oldest_wait_s)
             for state, count in session.execute(select(BatchRow.status, func.count()).group_by(BatchRow.status)):
                 batches.add_metric([state], count)
-        return [jobs, oldest, batches]
+        return [jobs, oldest, batches, hooks]
 
     def _redis(self) -> list[GaugeMetricFamily]:
         messages = _gauge(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.retention import Policy
 from registry.settings import DatabaseSettings
 from workers.contract.settings import QueueSettings
 from workers.demo_model import DEMO_ADAPTERS, DEMO_BASE
@@ -35,6 +37,13 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
     max_adapter_bytes: int = Field(default=1 << 30, ge=1, description="Largest adapter weights file.")
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest long-poll of GET /v1/jobs/{id}?wait=.")
+    wait_fallback_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Waiting requests wake on completion notifications; one registry read for all of them this "
+        "often finds what a lost notification did not say.",
+    )
     max_file_bytes: int = Field(default=512 << 20, ge=1024, description="Largest Batch API file upload.")
     files_dir: Path | None = Field(default=None, description="Where Batch API files live; default $LORAQ_HOME/files.")
     ingest_chunk_lines: int = Field(
@@ -52,6 +61,33 @@ class GatewaySettings(BaseSettings):
         description="Directories, or store prefixes such as s3://bucket/adapters, adapters may be registered "
         "from (JSON list); default: the demo adapters and $LORAQ_HOME/adapters.",
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts or networks webhooks may reach although private, loopback or link-local (JSON list, "
+        'e.g. ["127.0.0.1/32"]); by default only public addresses are.',
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="One webhook attempt's longest time.")
+    webhook_senders: int = Field(default=8, ge=1, le=256, description="Webhook attempts in flight per gateway.")
+    webhook_retry_base_s: float = Field(
+        default=2.0, gt=0, le=3600, description="A failed webhook waits up to this, doubled per attempt, jittered."
+    )
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Ended jobs, ended batches, their files and settled webhook deliveries are deleted this many "
+        "days after they ended; counts stay in the rollups (per hour past it). Unset: kept forever.",
+    )
+    purge_interval_s: float = Field(
+        default=60.0, ge=60, description="How often a gateway looks for what the retention no longer keeps."
+    )
+    purge_chunk_rows: int = Field(default=500, ge=1, le=10_000, description="Rows the purge deletes per transaction.")
+    purge_pause_s: float = Field(
+        default=0.025,
+        ge=0,
+        le=10,
+        description="The purge's pause between transactions (at least as long as the last one took): requests and "
+        "workers go first.",
+    )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)  # Redis URL, chunk size: the workers read the same
 
@@ -66,6 +102,11 @@ class GatewaySettings(BaseSettings):
         OpenAI requests may name it as ``model`` to run without an adapter. Read once per path: it is
         asked on every OpenAI request."""
         return recorded_name(self.base_model)
+
+    def retention(self) -> Policy:
+        """What the purge keeps (``registry.retention``), and its pace."""
+        keep = None if self.retention_days is None else timedelta(days=self.retention_days)
+        return Policy(keep=keep, chunk_rows=self.purge_chunk_rows, pause_s=self.purge_pause_s)
 
     def files_path(self) -> Path:
         return self.files_dir or self.db.home / "files"

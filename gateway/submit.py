@@ -7,20 +7,18 @@ recorded and queued.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
-from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from gateway import base_model
 from gateway.limits import ModelLimits, check_job
 from gateway.settings import GatewaySettings
-from registry import adapters, jobs, quotas
+from gateway.webhooks.targets import check_target
+from registry import adapters, jobs, webhooks
 from registry.adapters import ResolvedAdapter
 from registry.models import Job, Tenant
-from registry.schemas import TERMINAL_STATUSES, JobAccepted, JobCreate, JobStatus, JobView, Priority
+from registry.schemas import JobAccepted, JobCreate, JobStatus, Priority
 from workers.contract.messages import Publisher
 
 log = logging.getLogger(__name__)
@@ -35,7 +33,7 @@ def submit(
     publisher: Publisher,
     limits: ModelLimits,
 ) -> JobAccepted:
-    check_job(
+    prompt_tokens = check_job(
         body,
         limits=limits,
         max_prompt_chars=settings.max_prompt_chars,
@@ -43,18 +41,22 @@ def submit(
     )
     if body.adapter == adapters.BASE_ADAPTER:
         base_model.ensure_committed(session, settings=settings)
+    if body.webhook_url:
+        check_target(body.webhook_url, allow=settings.webhook_allow)
     job_id = jobs.new_job_id()
     with session.begin():
+        if body.webhook_url:
+            webhooks.require_secret(session, tenant.id)
         resolved = adapters.resolve(session, tenant=tenant, name=body.adapter, routing_key=body.routing_key or job_id)
-        if (
-            body.idempotency_key is None
-            or jobs.find_idempotent(session, tenant=tenant, key=body.idempotency_key) is None
-        ):
-            quotas.enforce(session, tenant=tenant)  # a retry of an accepted job is never refused
-        job = jobs.create_job(session, tenant=tenant, request=body, resolved=resolved, job_id=job_id)
+        # Admitted by the tenant's quotas in O(1), reserving prompt + max_tokens; a retry is never refused.
+        job = jobs.create_job(
+            session, tenant=tenant, request=body, resolved=resolved, job_id=job_id, prompt_tokens=prompt_tokens
+        )
         if job.id != job_id:  # idempotent retry: answer with the first job as it was routed
             version = jobs.version_number(session, job)
             return JobAccepted(id=job.id, status=JobStatus(job.status), adapter=resolved.name, version=version)
+        if body.webhook_url:
+            webhooks.set_job_webhooks(session, {job.id: body.webhook_url})
     try:
         publisher.publish(jobs.task_for(job, resolved, body, tenant=tenant.name), priority=Priority.INTERACTIVE)
     except Exception:
@@ -85,21 +87,3 @@ def shadow_of(job: Job, resolved: ResolvedAdapter, body: JobCreate, *, session: 
         log.warning("could not queue the shadow of job %s; it is dropped", job.id, exc_info=True)
         with session.begin():
             jobs.discard_unpublished(session, job_id=copy.id)
-
-
-def read_view(sessions: sessionmaker[Session], tenant: Tenant, job_id: str) -> JobView:
-    with sessions() as session:
-        return jobs.get_view(session, tenant=tenant, job_id=job_id)
-
-
-async def wait_for(sessions: sessionmaker[Session], *, tenant: Tenant, job_id: str, timeout_s: float) -> JobView:
-    """The job once it ends, or as it is when ``timeout_s`` runs out (polling the registry,
-    backing off from 50 ms to 500 ms)."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        view = await run_in_threadpool(read_view, sessions, tenant, job_id)
-        if view.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
-            return view
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)

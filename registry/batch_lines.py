@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from registry import ids
 from registry.errors import LoraqError
 from registry.openai_schemas import request_for, response_body
 from registry.schemas import GenerationResult, JobCreate
@@ -39,8 +40,9 @@ class LineError:
 
 
 def job_id_for(batch_id: str, line_no: int) -> str:
-    """Deterministic, so a line ingested twice would collide instead of running twice."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"loraq:{batch_id}:{line_no}"))
+    """Deterministic, so a line ingested twice would collide instead of running twice; it carries the
+    batch's creation time (``registry.ids.derived``), so a purged line's job reads ``job_expired``."""
+    return str(ids.derived(batch_id, str(line_no)))
 
 
 def parse_line(

@@ -5,12 +5,16 @@ time (a 100k-line batch never sits in memory), to a temporary file renamed
 into place; only then does the batch name them and take its final status, in
 one transaction. A gateway that dies while finalizing leaves the batch
 ``finalizing`` and the next pass writes the files again.
+
+A batch created with ``output_expires_after`` gets its purge time here, counted from when its files
+were written (OpenAI's anchor); ``registry.retention`` deletes them, and its jobs, then.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -52,6 +56,8 @@ def finalize(session: Session, *, batch: BatchRow, files_dir: Path, max_bytes: i
         ).id
     batch.completed, batch.failed = seen.completed, seen.failed
     batch.status = final
+    if batch.output_expires_s is not None:  # OpenAI's anchor: the files' creation, now
+        batch.output_expires_at = now + timedelta(seconds=batch.output_expires_s)
     stamp = {"completed": "completed_at", "failed": "failed_at", "expired": "expired_at", "cancelled": "cancelled_at"}
     if getattr(batch, stamp[final]) is None:
         setattr(batch, stamp[final], now)

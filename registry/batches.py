@@ -14,7 +14,6 @@ exactly-once).
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from typing import Any
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from registry import ids, purge_marks, transitions
 from registry.adapters import ResolvedAdapter
 from registry.batch_lines import BatchLine, LineError
 from registry.errors import Conflict, InvalidRequest, NotFound
@@ -30,6 +30,7 @@ from registry.files import get as get_file
 from registry.jobs import rebuilt_task, task_payload, with_versions
 from registry.models import BatchLineError, BatchRow, Job, Tenant, utcnow
 from registry.openai_schemas import ENDPOINTS
+from registry.rollups import Change
 from registry.schemas import JobStatus, Priority
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")
@@ -40,7 +41,8 @@ _LIVE_JOBS = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 def new_batch_id() -> str:
-    return f"batch_{secrets.token_hex(12)}"
+    """``batch_`` and a version 7 UUID's hex: its creation time is in it, and in its lines' job ids."""
+    return f"batch_{ids.uuid7().hex}"
 
 
 def visible_batches(tenant: Tenant) -> Select[BatchRow]:
@@ -66,7 +68,10 @@ def create(
     endpoint: str,
     completion_window: str,
     metadata: dict[str, str] | None,
+    output_expires_s: int | None = None,
 ) -> BatchRow:
+    """Record a batch ``validating``. ``output_expires_s``: its output and error files, and its
+    jobs, are purged this long after the files are written (OpenAI's ``output_expires_after``)."""
     if endpoint not in ENDPOINTS:
         raise InvalidRequest(
             f"endpoint {endpoint!r} is not served in batches; use one of {', '.join(ENDPOINTS)}.",
@@ -88,6 +93,7 @@ def create(
         status="validating",
         input_file_id=source.id,
         metadata_=metadata,
+        output_expires_s=output_expires_s,
         created_at=now,
         expires_at=now + timedelta(hours=hours),
     )
@@ -99,6 +105,12 @@ def create(
 def get(session: Session, *, tenant: Tenant, batch_id: str) -> BatchRow:
     row = session.scalar(visible_batches(tenant).where(BatchRow.id == batch_id))
     if row is None:
+        if purge_marks.expired(session, tenant=tenant, kind=purge_marks.Kind.BATCH, object_id=batch_id):
+            raise NotFound(
+                f"batch {batch_id!r} has expired: it ended longer ago than the retention (LORAQ_RETENTION_DAYS) "
+                "and was deleted with its files.",
+                code="batch_expired",
+            )
         raise NotFound(f"batch {batch_id!r} does not exist; GET /v1/batches lists yours.", code="batch_not_found")
     return row
 
@@ -138,13 +150,18 @@ def cancel(session: Session, *, tenant: Tenant, batch_id: str) -> BatchRow:
 
 
 def cancel_queued_jobs(session: Session, *, batch_id: str) -> int:
-    result = session.execute(
+    queued = transitions.lock_live(session, Job.batch_id == batch_id, statuses=[JobStatus.QUEUED.value])
+    if not queued:
+        return 0
+    now = utcnow()
+    session.execute(
         update(Job)
         .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
+        .values(status=JobStatus.CANCELLED.value, finished_at=now)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    transitions.apply(session, [job.to(JobStatus.CANCELLED.value, finished_at=now) for job in queued])
+    return len(queued)
 
 
 # --- ingest ---------------------------------------------------------------------------------
@@ -232,6 +249,7 @@ def commit_chunk(
     rows = [_job_row(batch, line, resolved, now) for line, resolved in chunk.lines]
     if rows:  # Core, not ORM: no identity map for rows this transaction never reads
         session.connection().execute(insert(Job), rows)
+        transitions.apply(session, [_created(row) for row in rows])
     if chunk.errors:
         session.connection().execute(
             insert(BatchLineError),
@@ -270,6 +288,20 @@ def _job_row(batch: BatchRow, line: BatchLine, resolved: ResolvedAdapter, now: d
         "attempts": 0,
         "created_at": now,
     }
+
+
+def _created(row: dict[str, Any]) -> Change:
+    """A bulk line's job just inserted: it counts as live, and reserves no tokens (``registry.quotas``)."""
+    return Change(
+        tenant_id=row["tenant_id"],
+        adapter_id=row["adapter_id"],
+        version_id=row["version_id"],
+        shadow=False,
+        created_at=row["created_at"],
+        reserved_tokens=0,
+        old=None,
+        new=row["status"],
+    )
 
 
 def mark_published(session: Session, *, batch_id: str, upto_line: int) -> None:

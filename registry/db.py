@@ -46,6 +46,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **kwargs)
 
 
+def write_lock(session: Session) -> None:
+    """On SQLite, take the database's write lock now (``BEGIN IMMEDIATE``, waiting up to the busy
+    timeout), so what this transaction reads next is what it will update: pysqlite would only begin
+    at the first write, and a read before it could be stale. PostgreSQL locks rows instead
+    (``SELECT ... FOR UPDATE``); there this does nothing."""
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    if not dbapi_conn.in_transaction:
+        dbapi_conn.execute("BEGIN IMMEDIATE")
+
+
 def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 

@@ -5,13 +5,16 @@ volume when several gateways run), the registry keeps the metadata. Writes
 stream to a temporary file and are renamed into place once complete, so a
 crashed upload or a half-written output never appears as a file. Reads are
 tenant-scoped through :func:`visible_files` alone.
+
+A file the retention purged (``registry.retention``) reads 404 ``file_expired``: its row is gone and
+its id is covered by the tenant's purge mark, or (a batch's output past its ``output_expires_after``)
+its row stays, since the batch still names it, with its bytes gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +22,7 @@ from typing import BinaryIO
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from registry import ids, purge_marks
 from registry.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from registry.models import BatchRow, FileRow, Tenant
 
@@ -26,19 +30,30 @@ UPLOAD_PURPOSES = ("batch",)
 OUTPUT_PURPOSE = "batch_output"
 READ_CHUNK = 1 << 20
 DELETED = "deleted:"  # storage_uri of a deleted file whose row a batch still references
+EXPIRED = "expired:"  # storage_uri of a batch output file purged at its output_expires_after
+GONE = (DELETED, EXPIRED)
 
 
 def new_file_id() -> str:
-    return f"file-{secrets.token_hex(12)}"
+    """``file-`` and a version 7 UUID's hex: its creation time is in it (``registry.ids``)."""
+    return f"file-{ids.uuid7().hex}"
 
 
 def visible_files(tenant: Tenant) -> Select[FileRow]:
-    query = select(FileRow).where(FileRow.storage_uri != DELETED)
+    query = select(FileRow).where(FileRow.storage_uri.not_in(GONE))
     return query if tenant.is_admin else query.where(FileRow.tenant_id == tenant.id)
 
 
+def has_bytes(storage_uri: str) -> bool:
+    return storage_uri not in GONE
+
+
+def path_of_uri(storage_uri: str) -> Path:
+    return Path(storage_uri.removeprefix("file://"))
+
+
 def path_of(row: FileRow) -> Path:
-    return Path(row.storage_uri.removeprefix("file://"))
+    return path_of_uri(row.storage_uri)
 
 
 def _write(chunks: Iterable[bytes], dest: Path, *, max_bytes: int) -> tuple[int, str]:
@@ -114,10 +129,24 @@ def upload(
 
 
 def get(session: Session, *, tenant: Tenant, file_id: str) -> FileRow:
-    row = session.scalar(visible_files(tenant).where(FileRow.id == file_id))
-    if row is None:
-        raise NotFound(f"file {file_id!r} does not exist; GET /v1/files lists yours.", code="file_not_found")
-    return row
+    """The tenant's file; 404 ``file_expired`` when the retention purged it, ``file_not_found`` else."""
+    scope = select(FileRow).where(FileRow.id == file_id)
+    row = session.scalar(scope if tenant.is_admin else scope.where(FileRow.tenant_id == tenant.id))
+    if row is not None and has_bytes(row.storage_uri):
+        return row
+    if (row is not None and row.storage_uri == EXPIRED) or (
+        row is None and purge_marks.expired(session, tenant=tenant, kind=purge_marks.Kind.FILE, object_id=file_id)
+    ):
+        raise expired(file_id)
+    raise NotFound(f"file {file_id!r} does not exist; GET /v1/files lists yours.", code="file_not_found")
+
+
+def expired(file_id: str) -> NotFound:
+    return NotFound(
+        f"file {file_id!r} has expired: the retention (LORAQ_RETENTION_DAYS, or the batch's output_expires_after) "
+        "deleted it. Download outputs before they expire.",
+        code="file_expired",
+    )
 
 
 def list_for(session: Session, *, tenant: Tenant, purpose: str | None = None, limit: int = 100) -> list[FileRow]:
@@ -128,8 +157,18 @@ def list_for(session: Session, *, tenant: Tenant, purpose: str | None = None, li
 
 
 def content(row: FileRow) -> Iterator[bytes]:
-    with path_of(row).open("rb") as f:
-        yield from iter(lambda: f.read(READ_CHUNK), b"")
+    """The file's bytes; opened before the first chunk is asked for, so bytes the purge removed after
+    the row was read are a 404 ``file_expired``, not a response cut short."""
+    try:
+        stream = path_of(row).open("rb")
+    except FileNotFoundError:
+        raise expired(row.id) from None
+    return _chunks(stream)
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    with stream:
+        yield from iter(lambda: stream.read(READ_CHUNK), b"")
 
 
 def delete(session: Session, *, tenant: Tenant, file_id: str) -> FileRow:

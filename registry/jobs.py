@@ -1,16 +1,16 @@
 """Job repository: create (idempotently), read tenant-scoped, and record
 outcomes exactly once.
 
-A terminal row is never written again: every state change is a conditional
-UPDATE on a non-terminal status, so a message delivered twice (at-least-once
-delivery) cannot record a result twice.
+A terminal row is never written again: every state change locks the live rows
+it changes first (``registry.transitions``), so a message delivered twice
+(at-least-once delivery) cannot record a result twice, and the rollups and
+quota counters move in the same transaction by exactly what changed.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, bindparam, delete, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from registry import ids, purge_marks, quotas, rollups, shadows, transitions, webhooks
 from registry.adapters import ResolvedAdapter
 from registry.errors import Conflict, NotFound
 from registry.models import Adapter, AdapterVersion, Job, Tenant, utcnow
@@ -38,7 +39,8 @@ _LIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
 
 def new_job_id() -> str:
-    return str(uuid.uuid4())
+    """A version 7 UUID: its creation time is in it, so a read of a purged job can say so (``registry.ids``)."""
+    return str(ids.uuid7())
 
 
 def tenant_jobs(tenant: Tenant) -> Select[Job, str, int]:
@@ -65,9 +67,12 @@ def create_job(
     resolved: ResolvedAdapter,
     job_id: str,
     priority: Priority = Priority.INTERACTIVE,
+    prompt_tokens: int | None = None,
 ) -> Job:
-    """Insert a queued job. An idempotency key already used by this tenant
-    returns the first job instead (the caller retried)."""
+    """Insert a queued job, admitted by the tenant's quotas (``registry.quotas``: it reserves
+    ``prompt_tokens``, the gateway's count, else an estimate, plus ``max_tokens``); over a quota,
+    :class:`~registry.errors.QuotaExceeded` and the caller's transaction rolls back. An idempotency
+    key already used by this tenant returns the first job instead (the caller retried), never refused."""
     job = Job(
         id=job_id,
         tenant_id=tenant.id,
@@ -78,19 +83,21 @@ def create_job(
         request=request.model_dump(mode="json"),
         routing_key=request.routing_key,
         idempotency_key=request.idempotency_key,
+        reserved_tokens=quotas.reservation(request, prompt_tokens=prompt_tokens),
     )
     if request.idempotency_key is None:
         session.add(job)
         session.flush()
-        return job
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        existing = find_idempotent(session, tenant=tenant, key=request.idempotency_key)
-        if existing is None:
-            raise
-        return existing
+    else:
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            existing = find_idempotent(session, tenant=tenant, key=request.idempotency_key)
+            if existing is None:
+                raise
+            return existing
+    transitions.admit(session, tenant=tenant, change=transitions.created(job))
     return job
 
 
@@ -108,6 +115,7 @@ def create_shadow(session: Session, *, primary: Job, resolved: ResolvedAdapter, 
     )
     session.add(job)
     session.flush()
+    transitions.apply(session, [transitions.created(job)])
     return job
 
 
@@ -146,6 +154,8 @@ def task_payload(
         payload["messages"] = request["messages"]
     if tenant is not None:
         payload["tenant"] = tenant
+    if request.get("stream"):
+        payload["stream"] = True
     return payload
 
 
@@ -160,6 +170,12 @@ def task_for(job: Job, resolved: ResolvedAdapter, request: JobCreate, *, tenant:
 def get_view(session: Session, *, tenant: Tenant, job_id: str) -> JobView:
     row = session.execute(tenant_jobs(tenant).where(Job.id == job_id)).first()
     if row is None:
+        if purge_marks.expired(session, tenant=tenant, kind=purge_marks.Kind.JOB, object_id=job_id):
+            raise NotFound(
+                f"job {job_id!r} has expired: it ended longer ago than the retention (LORAQ_RETENTION_DAYS, or its "
+                "batch's output_expires_after) and was deleted. Read results before they expire.",
+                code="job_expired",
+            )
         raise NotFound(f"job {job_id!r} does not exist.", code="job_not_found")
     job, name, version = row
     return view_of(job, adapter=name, version=version)
@@ -206,16 +222,19 @@ def cancel(session: Session, *, tenant: Tenant, job_id: str) -> JobView:
     view = get_view(session, tenant=tenant, job_id=job_id)
     if view.status == JobStatus.CANCELLED:
         return view
-    changed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(_LIVE))
-        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow())
-        .returning(Job.id)
-    ).first()
-    if changed is None:
+    live = transitions.lock_live(session, Job.id == job_id)
+    if not live:
         raise Conflict(
             f"job {job_id!r} already ended ({view.status.value}); nothing to cancel.", code="job_not_cancellable"
         )
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_LIVE))
+        .values(status=JobStatus.CANCELLED.value, finished_at=now)
+    )
+    transitions.apply(session, [job.to(JobStatus.CANCELLED.value, finished_at=now) for job in live])
+    announce_ended(session, live, lambda _: JobStatus.CANCELLED.value)
     session.flush()
     return get_view(session, tenant=tenant, job_id=job_id)
 
@@ -225,7 +244,11 @@ def discard_unpublished(session: Session, *, job_id: str) -> None:
     so nothing was accepted, and a retry with the same idempotency key must
     create the job afresh. If the message did reach Redis after all, the
     worker finds no live row and skips it."""
+    live = transitions.lock_live(session, Job.id == job_id, statuses=[JobStatus.QUEUED.value])
+    if not live:
+        return
     session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
+    transitions.apply(session, [job.to(None) for job in live])
 
 
 def start(session: Session, *, job_ids: list[str], worker: str) -> dict[str, int]:
@@ -233,16 +256,22 @@ def start(session: Session, *, job_ids: list[str], worker: str) -> dict[str, int
     included) for the jobs still worth running (a job already terminal — done by
     another delivery or cancelled — is skipped).
 
-    One ``UPDATE ... RETURNING`` so the check and the change are one statement.
+    The live rows are locked first, so the attempts counted and the rollups moved are those of
+    the rows this call changed.
     """
+    live = transitions.lock_live(session, Job.id.in_(job_ids))
+    if not live:
+        return {}
     stmt = (
         update(Job)
-        .where(Job.id.in_(job_ids), Job.status.in_(_LIVE))
+        .where(Job.id.in_([job.id for job in live]), Job.status.in_(_LIVE))
         .values(status=JobStatus.RUNNING.value, attempts=Job.attempts + 1, worker=worker, started_at=utcnow())
         .returning(Job.id, Job.attempts)
         .execution_options(synchronize_session=False)
     )
-    return {job_id: attempts for job_id, attempts in session.execute(stmt)}
+    attempts = {job_id: n for job_id, n in session.execute(stmt)}
+    transitions.apply(session, [job.to(JobStatus.RUNNING.value) for job in live if job.status != JobStatus.RUNNING])
+    return attempts
 
 
 def live_attempts(session: Session, *, job_ids: list[str]) -> dict[str, int]:
@@ -269,12 +298,26 @@ def recorded(session: Session, job_ids: list[str]) -> dict[str, Recorded]:
 
 def fail_one(session: Session, *, job_id: str, worker: str, code: str, message: str) -> None:
     """Record a job as failed when the worker could not run it at all (exactly once)."""
+    live = transitions.lock_live(session, Job.id == job_id)
+    if not live:
+        return
+    now = utcnow()
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(_LIVE))
-        .values(
-            status=JobStatus.FAILED.value, error_code=code, error_message=message, worker=worker, finished_at=utcnow()
-        )
+        .values(status=JobStatus.FAILED.value, error_code=code, error_message=message, worker=worker, finished_at=now)
+    )
+    transitions.apply(session, [job.to(JobStatus.FAILED.value, finished_at=now) for job in live])
+    announce_ended(session, live, lambda _: JobStatus.FAILED.value)
+
+
+def announce_ended(
+    session: Session, live: Sequence[transitions.Live], status_of: Callable[[transitions.Live], str]
+) -> None:
+    """Record the webhook deliveries of jobs that just ended, in the transaction that ends them
+    (shadow copies have no receiver: their caller never sees them)."""
+    webhooks.jobs_ended(
+        session, [webhooks.Ended(job.id, job.tenant_id, status_of(job)) for job in live if job.shadow_of is None]
     )
 
 
@@ -293,9 +336,25 @@ class Outcome:
 
 
 def record(session: Session, outcomes: list[Outcome]) -> None:
-    """Write outcomes in bulk; rows already terminal are left untouched."""
-    if not outcomes:
+    """Write outcomes in bulk; rows already terminal are left untouched. The rollups, the tenants'
+    token counters (settled to the real count) and shadow agreement move with them."""
+    by_id = {o.job_id: o for o in outcomes}
+    live = transitions.lock_live(session, Job.id.in_(by_id), with_primaries_of=list(by_id)) if by_id else []
+    if not live:
         return
+    _write_outcomes(session, [by_id[job.id] for job in live])
+    transitions.apply(session, [ended(job, by_id[job.id]) for job in live])
+    announce_ended(
+        session,
+        [job for job in live if job.id in by_id],
+        lambda job: JobStatus.SUCCEEDED.value if by_id[job.id].result is not None else JobStatus.FAILED.value,
+    )
+    shadows.count_agreement(
+        session, [(job, result.text) for job in live if (result := by_id[job.id].result) is not None]
+    )
+
+
+def _write_outcomes(session: Session, outcomes: list[Outcome]) -> None:
     # Spelled out rather than IN: an expanding IN list cannot run as executemany.
     live = or_(*(Job.__table__.c.status == status for status in _LIVE))
     stmt = (
@@ -337,6 +396,20 @@ def record(session: Session, outcomes: list[Outcome]) -> None:
             }
         )
     session.connection().execute(stmt, params)
+
+
+def ended(job: transitions.Live, outcome: Outcome) -> rollups.Change:
+    """What recording ``outcome`` changes on the counters."""
+    r = outcome.result
+    status = JobStatus.SUCCEEDED if r else JobStatus.FAILED
+    return replace(
+        job.to(status.value, finished_at=outcome.finished_at),
+        prompt_tokens=r.prompt_tokens if r else 0,
+        completion_tokens=r.completion_tokens if r else 0,
+        worker_seconds=outcome.worker_seconds,
+        queue_wait_s=outcome.queue_wait_s,
+        run_time_s=outcome.run_time_s,
+    )
 
 
 def is_terminal(status: str) -> bool:

@@ -6,7 +6,7 @@ these models and the migrated database agree.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -176,7 +176,10 @@ class BatchRow(Base):
     """A bulk file's run, in the OpenAI Batch API's terms."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_status", "status"),)
+    __table_args__ = (
+        Index("ix_batches_status", "status"),
+        Index("ix_batches_output_expires_at", "output_expires_at"),  # the purge's next batches to expire
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     endpoint: Mapped[str] = mapped_column(String(64))
@@ -205,6 +208,9 @@ class BatchRow(Base):
     expired_at: Mapped[datetime | None] = mapped_column(default=None)
     cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
     cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+    output_expires_s: Mapped[int | None] = mapped_column(Integer, default=None)  # OpenAI's output_expires_after
+    # when its output and error files (and its jobs) are purged; set when it ends, cleared once they are
+    output_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BatchLineError(Base):
@@ -233,6 +239,9 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ux_jobs_batch_custom_id", "batch_id", "custom_id", unique=True),
+        Index("ix_jobs_adapter_status_created", "adapter_id", "status", "created_at"),  # oldest queued per adapter
+        Index("ix_jobs_version_finished", "version_id", "finished_at"),  # a version's latest ended jobs
+        Index("ix_jobs_tenant_finished", "tenant_id", "finished_at"),  # a tenant's jobs ended in a window
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
@@ -258,6 +267,169 @@ class Job(Base):
     queue_wait_s: Mapped[float | None] = mapped_column(Float, default=None)
     run_time_s: Mapped[float | None] = mapped_column(Float, default=None)
     worker_seconds: Mapped[float | None] = mapped_column(Float, default=None)  # its share of its batch's time
+    reserved_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # held on its day's quota
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+# --- rollups: what readers count instead of job rows (registry/rollups.py, registry/quotas.py) ----------
+
+
+class JobCount(Base):
+    """Jobs now in each status per tenant, adapter and version, with the tokens recorded on them.
+
+    Moved in the transaction that moves a job (``registry.transitions``), so ``/metrics``,
+    ``loraq status`` and the adapter stats read O(groups) rows, not O(jobs). A purged job keeps its count.
+    """
+
+    __tablename__ = "job_counts"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EndedBucket:
+    """Jobs that ended in one time bucket (UTC, by ``finished_at``), per tenant, adapter, version,
+    terminal status and whether they were shadow copies: counts, tokens, worker-seconds and latency
+    sums with how many jobs carried each (a mean is ``queue_wait_s / queue_waits``)."""
+
+    bucket: Mapped[datetime] = mapped_column(primary_key=True)  # the bucket's start
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shadow: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    worker_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_wait_s: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_waits: Mapped[int] = mapped_column(BigInteger, default=0)
+    run_time_s: Mapped[float] = mapped_column(Float, default=0.0)
+    run_times: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobHour(EndedBucket, Base):
+    """Ended jobs per UTC hour: the whole hours of a usage report."""
+
+    __tablename__ = "job_hours"
+
+
+class JobMinute(EndedBucket, Base):
+    """Ended jobs per UTC minute: the whole minutes at the edges of a window (the last hour of
+    ``loraq status``, a usage report's first and last hours), so no window reads more than two
+    minutes of job rows."""
+
+    __tablename__ = "job_minutes"
+
+
+class ShadowAgreement(Base):
+    """How often a version, run as a shadow, answered exactly what its primary answered: counted when
+    the second of the pair succeeds (``registry.shadows``)."""
+
+    __tablename__ = "shadow_agreement"
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id"), primary_key=True)
+    compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    identical: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TenantLiveJobs(Base):
+    """A tenant's jobs queued or running (shadow copies left out): its live-jobs quota, in O(1)."""
+
+    __tablename__ = "tenant_live_jobs"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TenantDayTokens(Base):
+    """Tokens a tenant's jobs created on one UTC day hold: reserved while live, real once ended."""
+
+    __tablename__ = "tenant_day_tokens"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookSecret(Base):
+    """A tenant's signing secret for webhooks (Standard Webhooks ``whsec_``), shown once when created."""
+
+    __tablename__ = "webhook_secrets"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's default receiver: every event of the types it asks for goes there."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(JSON)  # empty: every type
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobWebhook(Base):
+    """The receiver one job named at submission (``webhook_url``); most jobs have none, so no column."""
+
+    __tablename__ = "job_webhooks"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)  # String(36)
+    url: Mapped[str] = mapped_column(Text)
+
+
+class WebhookDelivery(Base):
+    """One event to one receiver, recorded in the transaction that caused it and before any attempt:
+    at-least-once. ``id`` is the event id a receiver sees (``webhook-id``) and drops duplicates by."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    url: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(String(40))
+    subject_id: Mapped[str] = mapped_column(String(64))  # the job or batch the event is about
+    payload: Mapped[str] = mapped_column(Text)  # the exact body every attempt sends
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_tenant", "tenant_id", "created_at"),
+        Index("ix_webhook_deliveries_created", "created_at"),  # the purge's oldest deliveries
+    )
+
+
+# --- retention (registry/retention.py, registry/purge_marks.py, registry/leases.py) -------------------
+
+
+class PurgeMark(Base):
+    """What the purge has deleted of a tenant's jobs, files or batches, as far as reads need to know:
+    the newest creation time among the purged ids (ids carry it, ``registry.ids``) and whether an
+    id without a time was purged. A missing id at or before the mark reads "expired", after it "not
+    found": one row per tenant and kind, however many rows were purged."""
+
+    __tablename__ = "purge_marks"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # job | file | batch
+    newest_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # Unix ms
+    legacy: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Lease(Base):
+    """A named piece of periodic work that one gateway at a time does (the purge): taken by a
+    conditional update, renewed while working, taken over once ``until`` has passed."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    until: Mapped[datetime | None] = mapped_column(default=None)

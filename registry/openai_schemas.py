@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -196,27 +197,52 @@ def response_body(endpoint: str, *, job_id: str, created: int, model: str, resul
     }
 
 
+@dataclass(frozen=True)
+class ChunkStream:
+    """The ``data:`` objects of one streamed answer, made as its text arrives: :meth:`opening`, one
+    :meth:`text` per delta, then :meth:`closing` (``[DONE]`` is the caller's)."""
+
+    endpoint: str
+    job_id: str
+    created: int
+    model: str
+
+    def opening(self) -> list[dict[str, Any]]:
+        """Chat announces the assistant's role first, as OpenAI does; completions start with text."""
+        return [self._chunk({"role": "assistant", "content": ""}, None)] if self._chat else []
+
+    def text(self, delta: str) -> dict[str, Any]:
+        return self._chunk({"content": delta} if self._chat else delta, None)
+
+    def closing(self, result: GenerationResult, *, include_usage: bool) -> list[dict[str, Any]]:
+        """The finish reason, then ``usage`` in a chunk of no choices if the request asked for it."""
+        chunks = [self._chunk({} if self._chat else "", result.finish_reason.value)]
+        if include_usage:
+            chunks.append({**self._head(), "choices": [], "usage": usage(result)})
+        return chunks
+
+    @property
+    def _chat(self) -> bool:
+        return self.endpoint == CHAT_COMPLETIONS
+
+    def _head(self) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self._chat else "text_completion"
+        return {
+            "id": response_id(self.endpoint, self.job_id),
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+        choice.update({"delta": delta} if self._chat else {"text": delta})
+        return {**self._head(), "choices": [choice]}
+
+
 def stream_chunks(
     endpoint: str, *, job_id: str, created: int, model: str, result: GenerationResult, include_usage: bool
 ) -> list[dict[str, Any]]:
-    """The ``data:`` objects of a streamed answer, in order (``[DONE]`` is the caller's)."""
-    rid = response_id(endpoint, job_id)
-    chat = endpoint == CHAT_COMPLETIONS
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    reason = result.finish_reason.value
-
-    def chunk(delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
-        choice.update({"delta": delta} if chat else {"text": delta})
-        return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
-
-    chunks = (
-        [chunk({"role": "assistant", "content": ""}, None), chunk({"content": result.text}, None), chunk({}, reason)]
-        if chat
-        else [chunk(result.text, None), chunk("", reason)]
-    )
-    if include_usage:
-        chunks.append(
-            {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(result)}
-        )
-    return chunks
+    """Every ``data:`` object of a streamed answer whose whole text is known, in order."""
+    fmt = ChunkStream(endpoint=endpoint, job_id=job_id, created=created, model=model)
+    return [*fmt.opening(), fmt.text(result.text), *fmt.closing(result, include_usage=include_usage)]

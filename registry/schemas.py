@@ -126,6 +126,16 @@ class JobCreate(SamplingParams):
         max_length=256,
         description="A retried submit with the same key returns the same job.",
     )
+    stream: bool = Field(
+        default=False,
+        description="Publish the text as it is generated to the job's token stream (what OpenAI stream: true reads).",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Where to send this job's end event (job.completed, job.failed, job.cancelled), signed with "
+        "the tenant's webhook secret (POST /v1/webhooks/secret first).",
+    )
 
     @field_validator("prompt", "routing_key", "idempotency_key")
     @classmethod
@@ -164,6 +174,7 @@ class TaskJob(BaseModel):
     sampling: SamplingParams
     enqueued_at: float  # epoch seconds, for queue wait
     tenant: str | None = None  # the submitting tenant's name, for log lines
+    stream: bool = False  # publish text deltas as the engine decodes them (workers/contract/streams.py)
 
 
 class GenerationResult(BaseModel):

@@ -38,6 +38,8 @@ from workers import metrics
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.messages import Publisher
 from workers.contract.names import cancel_key
+from workers.contract.notify import Notifier, push_client
+from workers.contract.streams import Deltas, DeltaWriter
 from workers.generation import Generator
 from workers.runtime import Runtime
 from workers.services.heartbeat import Heartbeat
@@ -65,25 +67,34 @@ class Cancellations:
         return {j for j, flag in zip(job_ids, flags, strict=True) if flag}
 
 
-def make_generator(settings: WorkerSettings, cancelled: Callable[[Sequence[str]], set[str]]) -> Generator:
+def make_generator(
+    settings: WorkerSettings, cancelled: Callable[[Sequence[str]], set[str]], deltas: Deltas | None = None
+) -> Generator:
     """The engine the settings name; torch is imported here, in the worker process only."""
     from workers.engine import EngineConfig, build_generator
 
-    return build_generator(EngineConfig.from_settings(settings), kind=settings.engine, cancelled=cancelled)
+    config = EngineConfig.from_settings(settings)
+    return build_generator(config, kind=settings.engine, cancelled=cancelled, deltas=deltas)
 
 
 class RuntimeHolder:
-    """Builds the engine and its runtime once per process: at start-up, or on first use."""
+    """Builds the engine and its runtime once per process: at start-up, or on first use.
 
-    def __init__(self, settings: WorkerSettings, sessions: sessionmaker[Session], cancelled: Cancellations) -> None:
-        self.settings, self.sessions, self.cancelled = settings, sessions, cancelled
+    ``push`` is the Redis client of what the worker tells gateways as it happens: token deltas (from
+    the engine's thread) and completion notifications (:func:`~workers.contract.notify.push_client`).
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, sessions: sessionmaker[Session], cancelled: Cancellations, push: redis.Redis
+    ) -> None:
+        self.settings, self.sessions, self.cancelled, self.push = settings, sessions, cancelled, push
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
 
     def start(self, worker_name: str) -> Runtime:
         with self._lock:
             if self._runtime is None:
-                generator = make_generator(self.settings, self.cancelled)
+                generator = make_generator(self.settings, self.cancelled, DeltaWriter(self.push))
                 log.warning("%s", generator.describe())
                 self._runtime = Runtime(
                     generator=generator,
@@ -95,6 +106,7 @@ class RuntimeHolder:
                     # The loraq engine takes rows from several batches into its running batch.
                     in_flight=2 if self.settings.engine == "loraq" else 1,
                     fault_kill_marker=self.settings.fault_kill_marker,
+                    notifier=Notifier(self.push),
                 )
             return self._runtime
 
@@ -149,7 +161,8 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
     sessions = session_factory(engine_from_settings(settings.db))
     broker = redis.Redis.from_url(settings.queue.redis_url, socket_timeout=5, socket_connect_timeout=2)
     publisher = Publisher(app, fail_fast=False)
-    runtime = RuntimeHolder(settings, sessions, Cancellations(broker))
+    push = push_client(settings.queue.redis_url)
+    runtime = RuntimeHolder(settings, sessions, Cancellations(broker), push)
     reader = QueueReader(broker, limit=settings.plan_max_queues)
     register_tasks(
         app,

@@ -30,6 +30,7 @@ class GenRequest:
     prompt: str
     sampling: SamplingParams
     adapter: AdapterRef | None  # None: the base model alone
+    stream: bool = False  # publish its text as it is decoded (engines that cannot, send it whole at the end)
 
 
 class Generator(Protocol):

@@ -39,10 +39,16 @@ ADAPTER_LOAD_SECONDS = Histogram(
     "loraq_worker_adapter_load_seconds", "Time of one adapter load into a tier.", ["tier"], buckets=_LOAD
 )
 ADAPTER_EVICTIONS = Counter("loraq_worker_adapter_evictions", "Adapters evicted, by tier (host, slot).", ["tier"])
+ADAPTER_MERGES = Counter(
+    "loraq_worker_adapter_merges", "Merged fast path: adapters merged into / unmerged from the base.", ["kind"]
+)
+ADAPTER_MERGE_SECONDS = Histogram(
+    "loraq_worker_adapter_merge_seconds", "Time of one merge or unmerge, by kind.", ["kind"], buckets=_LOAD
+)
 RESIDENT_ADAPTERS = Gauge("loraq_worker_resident_adapters", "Adapters in device slots now.")
 MEMORY_BUDGET = Gauge(
     "loraq_worker_memory_budget_bytes",
-    "The engine's memory plan: budget, weights, slots, activations, kv (the KV cache).",
+    "The engine's memory plan: budget, weights, slots, merge_copy, activations, kv (the KV cache).",
     ["part"],
 )
 KV_TOKENS = Gauge("loraq_worker_kv_cache_tokens", "KV cache capacity of the memory plan, in tokens.")

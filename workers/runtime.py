@@ -2,7 +2,8 @@
 
 ``run_batch`` is the whole life of a batch: mark jobs running (skipping those
 already terminal), generate, isolate failures row by row, record every
-outcome in one transaction.
+outcome in one transaction, then announce the ended jobs (one notification
+per commit; streamed jobs also get their token stream's end marker).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from registry.models import utcnow
 from registry.schemas import GenerationResult, JobError, TaskJob
 from workers import metrics
 from workers.batcher import Batcher
+from workers.contract.notify import Notifier
 from workers.errors import EngineError
 from workers.gate import Gate
 from workers.generation import AdapterRef, Generator, GenRequest
@@ -77,6 +79,7 @@ def to_request(task: TaskJob, *, prompt: str | None = None) -> GenRequest:
         adapter=None
         if task.uri == BASE_URI
         else AdapterRef(key=adapter_key(task), uri=task.uri, sha256=task.sha256, name=task.adapter),
+        stream=task.stream,
     )
 
 
@@ -136,8 +139,10 @@ class Runtime:
         max_attempts: int = 3,
         in_flight: int = 1,
         fault_kill_marker: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.max_attempts = max_attempts
+        self.notifier = notifier  # None: nobody is told (tests of the runtime alone)
         self.fault_kill_marker = fault_kill_marker
         self.gate = Gate()
         self.generator = generator
@@ -237,6 +242,7 @@ class Runtime:
         ]
         with transaction(self.sessions) as session:
             jobs.record(session, outcomes)
+        self._announce([o.job_id for o in outcomes], streamed={t.job_id for t in tasks if t.stream})
         observe_batch(tasks, results, retry=retry, started=started, run_time=run_time)
         self._log_rows(tasks, results, retry)
         if tasks:
@@ -267,7 +273,13 @@ class Runtime:
         """Record a job the worker could not run at all (bad message, internal error)."""
         with transaction(self.sessions) as session:
             jobs.fail_one(session, job_id=job_id, worker=self.worker_name, code=code, message=message)
+        self._announce([job_id], streamed={job_id})  # its message may be unreadable: end a stream it may have
         return TaskOutcome(job_id=job_id, status="failed", error=JobError(code=code, message=message))
+
+    def _announce(self, job_ids: Sequence[str], *, streamed: set[str]) -> None:
+        """After the commit: wake the gateways waiting on ``job_ids`` (one message), end their streams."""
+        if self.notifier is not None:
+            self.notifier.recorded(job_ids, streamed=[j for j in job_ids if j in streamed])
 
     @staticmethod
     def _outcome(job_id: str, truth: jobs.Recorded | None) -> TaskOutcome:

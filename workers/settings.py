@@ -42,6 +42,16 @@ class WorkerSettings(BaseSettings):
     )
     max_lora_rank: int = Field(default=64, ge=1, le=1024, description="Largest adapter rank a slot holds.")
     max_cpu_loras_mb: int = Field(default=1024, ge=0, description="Host-memory cache of adapters, in MiB (LRU).")
+    merge_adapters: bool = Field(
+        default=True,
+        description="Merge the adapter of a single-adapter batch into the base weights (reserves a weight copy).",
+    )
+    embedding_lora: bool = Field(
+        default=True, description="Serve LoRA on the input embedding and the LM head (slots of vocab x rank)."
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="Quantize the shared base's block linears (int8: torch dynamic int8, CPU)."
+    )
     memory_budget_mb: int | None = Field(
         default=None, ge=1, description="Engine memory budget; default 90% of the GPU, or a quarter of host RAM."
     )

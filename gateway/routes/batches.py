@@ -8,15 +8,25 @@ error files when the last job ends.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import CurrentTenant, SessionDep
-from registry import batches, quotas
+from gateway.webhooks.targets import check_target
+from registry import batches, quotas, webhooks
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+class OutputExpiresAfter(BaseModel):
+    """OpenAI's expiry of a batch's output and error files, counted from when they are written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(ge=3600, le=2_592_000, description="1 hour to 30 days.")
 
 
 class BatchCreate(BaseModel):
@@ -26,11 +36,20 @@ class BatchCreate(BaseModel):
     endpoint: str = Field(description="/v1/completions or /v1/chat/completions")
     completion_window: str = Field(default="24h", description="Hours, such as '24h' (at most 168h).")
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    output_expires_after: OutputExpiresAfter | None = Field(
+        default=None, description="Its output and error files, and its jobs, are deleted this long after the end."
+    )
 
 
 @router.post("")
 def create_batch(body: BatchCreate, request: Request, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    """``metadata.webhook_url``: where the batch's end event (``batch.completed``, ...) is sent."""
+    own_hook = (body.metadata or {}).get(webhooks.METADATA_KEY)
+    if own_hook:
+        check_target(own_hook, allow=request.app.state.settings.webhook_allow)
     with session.begin():
+        if own_hook:
+            webhooks.require_secret(session, tenant.id)
         quotas.enforce(session, tenant=tenant)
         row = batches.create(
             session,
@@ -39,6 +58,7 @@ def create_batch(body: BatchCreate, request: Request, tenant: CurrentTenant, ses
             endpoint=body.endpoint,
             completion_window=body.completion_window,
             metadata=body.metadata,
+            output_expires_s=body.output_expires_after.seconds if body.output_expires_after else None,
         )
         view = batches.view(row)
     request.app.state.batches.wake()

@@ -1,12 +1,19 @@
-"""``/v1/jobs``: submit, read (with long-poll)."""
+"""``/v1/jobs``: submit, read (with long-poll), follow a streamed job's text, cancel."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+import json
+from collections.abc import AsyncIterator
 
-from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SessionsDep, SettingsDep
-from gateway.submit import submit, wait_for
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from gateway.deps import CurrentTenant, JobEventsDep, LimitsDep, PublisherDep, SessionDep, SettingsDep
+from gateway.job_events import JobEvents
+from gateway.relay import relay
+from gateway.submit import submit
 from registry import jobs
+from registry.models import Tenant
 from registry.schemas import JobAccepted, JobCreate, JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,10 +37,45 @@ async def get_job(
     job_id: str,
     tenant: CurrentTenant,
     settings: SettingsDep,
-    sessions: SessionsDep,
+    events: JobEventsDep,
     wait: float = Query(default=0.0, ge=0, description="Seconds to wait for the job to end (long-poll)."),
 ) -> JobView:
-    return await wait_for(sessions, tenant=tenant, job_id=job_id, timeout_s=min(wait, settings.max_wait_s))
+    """The job; with ``wait``, once it ends (woken by the worker's notification) or when ``wait`` runs out."""
+    return await events.wait(tenant=tenant, job_id=job_id, timeout_s=min(wait, settings.max_wait_s))
+
+
+@router.get("/{job_id}/stream")
+async def stream_job(
+    job_id: str,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    events: JobEventsDep,
+    timeout: float = Query(default=600.0, gt=0, le=3600, description="Seconds to follow the job at most."),
+) -> StreamingResponse:
+    """The job's text as it is generated, as server-sent events: ``{"type": "delta", "text"}`` while it
+    runs (jobs submitted with ``stream: true``; others send their text once it ends), then one
+    ``{"type": "end", "job": ...}`` with the job as recorded. A stream that breaks (the worker died
+    and the job runs again) ends with the recorded text's rest, or ``{"type": "error"}`` when what
+    was sent does not begin the recorded text; never silently short."""
+    await events.wait(tenant=tenant, job_id=job_id, timeout_s=0)  # 404 unless the caller's job
+    return StreamingResponse(_job_events(events, tenant, job_id, timeout), media_type="text/event-stream")
+
+
+async def _job_events(events: JobEvents, tenant: Tenant, job_id: str, timeout: float) -> AsyncIterator[bytes]:
+    async for item in relay(events, tenant=tenant, job_id=job_id, timeout_s=timeout):
+        if isinstance(item, str):
+            yield _event({"type": "delta", "text": item})
+            continue
+        if item.rest:
+            yield _event({"type": "delta", "text": item.rest})
+        elif item.rest is None and item.view.result is not None:
+            message = "the text streamed so far does not begin the recorded result (the job ran again)"
+            yield _event({"type": "error", "code": "stream_diverged", "message": message})
+        yield _event({"type": "end", "job": item.view.model_dump(mode="json")})
+
+
+def _event(data: dict[str, object]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
 
 
 @router.delete("/{job_id}", response_model=JobView)

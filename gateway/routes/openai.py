@@ -2,15 +2,18 @@
 
 ``model`` names the adapter. Each request becomes one job at interactive
 priority, through the same queue as ``POST /v1/jobs``; the handler waits for
-it and answers in OpenAI's shape, with ``usage``. ``stream: true`` answers
-with server-sent events once the job has ended: the text arrives in one
-delta (generation runs on a worker and is recorded whole), then the finish
-reason, optional usage, and ``[DONE]``.
+it (woken by the worker's completion notification) and answers in OpenAI's
+shape, with ``usage``. ``stream: true`` relays the text as the worker decodes
+it (``gateway/relay.py``), as server-sent events in OpenAI's chunk format,
+and ends with the recorded result: its finish reason, optional usage, and
+``[DONE]``, or an error event when the stream cannot be completed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -18,24 +21,27 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from gateway import base_model
-from gateway.deps import CurrentTenant, LimitsDep, PublisherDep, SessionDep, SessionsDep, SettingsDep
-from gateway.submit import submit, wait_for
+from gateway.deps import CurrentTenant, JobEventsDep, LimitsDep, PublisherDep, SessionDep, SessionsDep, SettingsDep
+from gateway.relay import Ended, relay
+from gateway.submit import submit
 from registry import adapters
-from registry.errors import Conflict, JobFailed, JobTimeout, NotFound
+from registry.errors import Conflict, JobFailed, JobTimeout, LoraqError, NotFound, Unavailable
 from registry.models import Adapter, Tenant
 from registry.openai_schemas import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     ChatCompletionRequest,
+    ChunkStream,
     CompletionRequest,
     response_body,
-    stream_chunks,
 )
 from registry.schemas import GenerationResult, JobError, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger(__name__)
 
 
 @router.post("/completions", response_model=None)
@@ -46,8 +52,9 @@ async def completions(
     settings: SettingsDep,
     publisher: PublisherDep,
     limits: LimitsDep,
+    events: JobEventsDep,
 ) -> dict[str, Any] | StreamingResponse:
-    return await _answer(COMPLETIONS, body, tenant, sessions, settings, publisher, limits)
+    return await _answer(COMPLETIONS, body, tenant, sessions, settings, publisher, limits, events)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -58,8 +65,9 @@ async def chat_completions(
     settings: SettingsDep,
     publisher: PublisherDep,
     limits: LimitsDep,
+    events: JobEventsDep,
 ) -> dict[str, Any] | StreamingResponse:
-    return await _answer(CHAT_COMPLETIONS, body, tenant, sessions, settings, publisher, limits)
+    return await _answer(CHAT_COMPLETIONS, body, tenant, sessions, settings, publisher, limits, events)
 
 
 async def _answer(
@@ -70,24 +78,97 @@ async def _answer(
     settings: SettingsDep,
     publisher: PublisherDep,
     limits: LimitsDep,
+    events: JobEventsDep,
 ) -> dict[str, Any] | StreamingResponse:
-    job = body.to_job(base_model.aliases(settings))
+    job = body.to_job(base_model.aliases(settings)).model_copy(update={"stream": bool(body.stream)})
 
     def accept() -> str:
         with sessions() as session:
             return submit(job, tenant=tenant, session=session, settings=settings, publisher=publisher, limits=limits).id
 
     job_id = await run_in_threadpool(accept)
-    view = await wait_for(sessions, tenant=tenant, job_id=job_id, timeout_s=settings.completion_timeout_s)
+    if body.stream:
+        return await _stream(
+            endpoint, body, events, tenant=tenant, job_id=job_id, timeout_s=settings.completion_timeout_s
+        )
+    view = await events.wait(tenant=tenant, job_id=job_id, timeout_s=settings.completion_timeout_s)
     result = _result_or_raise(view.status, view.result, view.error, job_id=job_id)
     created = int((view.finished_at or view.created_at).timestamp())
-    if not body.stream:
-        return response_body(endpoint, job_id=job_id, created=created, model=body.model, result=result)
+    return response_body(endpoint, job_id=job_id, created=created, model=body.model, result=result)
+
+
+async def _stream(
+    endpoint: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    events: JobEventsDep,
+    *,
+    tenant: Tenant,
+    job_id: str,
+    timeout_s: float,
+) -> StreamingResponse:
+    """Wait for the first text (or the end) before answering, so a job that fails before saying
+    anything answers with its HTTP error, as when not streamed."""
+    items = relay(events, tenant=tenant, job_id=job_id, timeout_s=timeout_s)
+    first = await anext(items)
+    if isinstance(first, Ended):
+        try:
+            _recorded(first, job_id=job_id)
+        except LoraqError:
+            await items.aclose()
+            raise
+    fmt = ChunkStream(endpoint=endpoint, job_id=job_id, created=int(time.time()), model=body.model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    chunks = stream_chunks(
-        endpoint, job_id=job_id, created=created, model=body.model, result=result, include_usage=include_usage
-    )
-    return StreamingResponse(_sse(chunks), media_type="text/event-stream")
+    return StreamingResponse(_sse(first, items, fmt, include_usage=include_usage), media_type="text/event-stream")
+
+
+async def _sse(
+    first: str | Ended, items: AsyncGenerator[str | Ended, None], fmt: ChunkStream, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The relayed text as chunks, then the recorded result's rest and end, or one error event."""
+    try:
+        for chunk in fmt.opening():
+            yield _data(chunk)
+        item = first
+        while isinstance(item, str):
+            yield _data(fmt.text(item))
+            item = await anext(items)
+        result, rest = _recorded(item, job_id=fmt.job_id)
+        if rest:
+            yield _data(fmt.text(rest))
+        for chunk in fmt.closing(result, include_usage=include_usage):
+            yield _data(chunk)
+        yield b"data: [DONE]\n\n"
+    except Exception as exc:  # the response has started: an error can only be an event now
+        yield _data({"error": _error_body(exc, job_id=fmt.job_id)})
+    finally:
+        await items.aclose()
+
+
+def _recorded(ended: Ended, *, job_id: str) -> tuple[GenerationResult, str]:
+    """The recorded result and its text past what was streamed; raises what the client must be told."""
+    view = ended.view
+    result = _result_or_raise(view.status, view.result, view.error, job_id=job_id)
+    if ended.rest is None:
+        raise JobFailed(
+            f"the text streamed so far is not the beginning of job {job_id}'s recorded result (the job ran again "
+            f"after its worker died, and sampled differently); GET /v1/jobs/{job_id} has the result.",
+            code="stream_diverged",
+        )
+    return result, ended.rest
+
+
+def _error_body(exc: Exception, *, job_id: str) -> dict[str, str]:
+    if not isinstance(exc, LoraqError):
+        if isinstance(exc, OperationalError):
+            exc = Unavailable("The registry database is unreachable; retry later.", code="database_unavailable")
+        else:
+            log.exception("stream of job %s failed", job_id, exc_info=exc)
+            return {
+                "code": "internal_error",
+                "message": "Unexpected server error; it has been logged.",
+                "type": "internal",
+            }
+    return {"code": exc.code, "message": exc.message, "type": exc.kind.value}
 
 
 def _result_or_raise(
@@ -107,10 +188,8 @@ def _result_or_raise(
     )
 
 
-def _sse(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    yield b"data: [DONE]\n\n"
+def _data(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def _model(adapter: Adapter, owners: dict[int, str]) -> dict[str, Any]:

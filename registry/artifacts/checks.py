@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from registry.artifacts.keys import Part, parse_key
 from registry.artifacts.uri import local_path
 from registry.errors import InvalidAdapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
-LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
 _DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": "bf16"}
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -96,6 +95,20 @@ def base_weight_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
     for file in files:
         tensors, _ = read_safetensors_header(file)
         shapes.update({name: meta.shape for name, meta in tensors.items()})
+    return _with_tied_head(shapes, base_dir)
+
+
+_INPUT_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+def _with_tied_head(shapes: dict[str, tuple[int, ...]], base_dir: Path) -> dict[str, tuple[int, ...]]:
+    """A model whose LM head shares the input embedding's weight (``tie_word_embeddings``, GPT-2's
+    default) saves no ``lm_head.weight``; LoRA on ``lm_head`` is checked against the shared weight."""
+    config = base_dir / "config.json"
+    tied = json.loads(config.read_text()).get("tie_word_embeddings", True) if config.is_file() else False
+    embedding = next((name for name in shapes if name.endswith(_INPUT_EMBEDDINGS)), None)
+    if tied and embedding is not None and "lm_head.weight" not in shapes:
+        shapes["lm_head.weight"] = shapes[embedding]
     return shapes
 
 
@@ -132,11 +145,6 @@ def check_lora_config(cfg: dict[str, Any]) -> None:
             f"peft_type {cfg.get('peft_type')!r} is not served; loraq serves LoRA adapters only.",
             code="adapter_type_unsupported",
         )
-    if cfg.get("use_dora"):
-        raise InvalidAdapter(
-            "DoRA adapters cannot be served in mixed batches; retrain without use_dora.",
-            code="adapter_dora_unsupported",
-        )
     if cfg.get("modules_to_save"):
         raise InvalidAdapter(
             "modules_to_save changes base weights per adapter and cannot be batched; "
@@ -151,15 +159,14 @@ def check_lora_config(cfg: dict[str, Any]) -> None:
             )
 
 
-def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Check every LoRA pair against its base weight; return module -> rank."""
-    ranks: dict[str, int] = {}
-    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ...]], *, dora: bool) -> dict[str, int]:
+    """Check every module's tensors against its base weight; return module -> rank."""
+    modules: dict[str, dict[Part, tuple[int, ...]]] = {}
     for name, meta in tensors.items():
-        match = LORA_KEY.match(name)
-        if match is None:
+        key = parse_key(name)
+        if key is None:
             raise InvalidAdapter(
-                f"tensor {name!r} is not a LoRA A/B weight; only plain LoRA is served.",
+                f"tensor {name!r} is not a LoRA weight; only LoRA (and DoRA) tensors are served.",
                 code="adapter_weights_invalid",
             )
         if meta.dtype not in _DTYPES:
@@ -167,32 +174,46 @@ def _module_shapes(tensors: dict[str, TensorMeta], base: dict[str, tuple[int, ..
                 f"tensor {name!r} has dtype {meta.dtype}; use F32, F16 or BF16.",
                 code="adapter_dtype_unsupported",
             )
-        pairs.setdefault(match["module"], {})[match["side"]] = meta.shape
-    for module, sides in sorted(pairs.items()):
-        base_shape = base.get(f"{module}.weight")
-        if base_shape is None:
-            raise InvalidAdapter(
-                f"module {module!r} does not exist in the base model; is this an adapter of another base?",
-                code="adapter_base_mismatch",
-            )
-        a, b = sides.get("A"), sides.get("B")
-        if a is None or b is None or len(a) != 2 or len(b) != 2 or len(base_shape) != 2:
-            raise InvalidAdapter(
-                f"module {module!r} lacks a 2-D lora_A/lora_B pair.",
-                code="adapter_weights_invalid",
-            )
-        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out]. LoRA's pair is [r, in] / [out, r] for both.
-        layouts = {(base_shape[1], base_shape[0]), (base_shape[0], base_shape[1])}
-        if (a[1], b[0]) not in layouts or a[0] != b[1]:
-            raise InvalidAdapter(
-                f"module {module!r}: lora_A {list(a)} and lora_B {list(b)} do not fit the base "
-                f"weight {list(base_shape)}; the adapter was trained on another base.",
-                code="adapter_base_mismatch",
-            )
-        ranks[module] = a[0]
+        modules.setdefault(key.module, {})[key.part] = meta.shape
+    ranks = {
+        module: _check_module(module, parts, base.get(f"{module}.weight"), dora=dora)
+        for module, parts in modules.items()
+    }
     if not ranks:
         raise InvalidAdapter("the adapter holds no LoRA weights.", code="adapter_weights_invalid")
     return ranks
+
+
+def _check_module(
+    module: str, parts: dict[Part, tuple[int, ...]], base_shape: tuple[int, ...] | None, *, dora: bool
+) -> int:
+    """One module's LoRA pair (and DoRA magnitude, saved base copy) against its base weight; its rank."""
+    if base_shape is None:
+        raise InvalidAdapter(
+            f"module {module!r} does not exist in the base model; is this an adapter of another base?",
+            code="adapter_base_mismatch",
+        )
+    a, b = parts.get(Part.A), parts.get(Part.B)
+    if a is None or b is None or len(a) != 2 or len(b) != 2 or len(base_shape) != 2:
+        raise InvalidAdapter(f"module {module!r} lacks a 2-D lora_A/lora_B pair.", code="adapter_weights_invalid")
+    # nn.Linear stores [out, in]; GPT-2's Conv1D [in, out]; an embedding [vocab, dim] with its pair
+    # [r, vocab] / [dim, r]. LoRA's pair is [r, in] / [out, r] for all of them.
+    layouts = {(base_shape[1], base_shape[0]), (base_shape[0], base_shape[1])}
+    copy = parts.get(Part.BASE)
+    if (a[1], b[0]) not in layouts or a[0] != b[1] or copy not in (None, base_shape):
+        raise InvalidAdapter(
+            f"module {module!r}: lora_A {list(a)} and lora_B {list(b)} do not fit the base "
+            f"weight {list(base_shape)}; the adapter was trained on another base.",
+            code="adapter_base_mismatch",
+        )
+    magnitude = parts.get(Part.MAGNITUDE)
+    if (magnitude is not None) != dora or (magnitude is not None and magnitude != (b[0],)):
+        raise InvalidAdapter(
+            f"module {module!r}: a DoRA adapter (use_dora) holds one magnitude vector of {b[0]} values per "
+            "module, and a plain LoRA none.",
+            code="adapter_weights_invalid",
+        )
+    return a[0]
 
 
 def _check_finite(weights: Path, tensors: dict[str, TensorMeta], data_start: int) -> None:
@@ -284,7 +305,7 @@ def validate_adapter(uri: str, *, base_dir: Path, max_bytes: int, roots: Sequenc
             code="adapter_too_large",
         )
     tensors, data_start = read_safetensors_header(weights)
-    ranks = _module_shapes(tensors, base_weight_shapes(base_dir))
+    ranks = _module_shapes(tensors, base_weight_shapes(base_dir), dora=bool(cfg.get("use_dora")))
     _check_finite(weights, tensors, data_start)
     leaf_modules = sorted({m.rsplit(".", 1)[-1] for m in ranks})
     return AdapterInfo(

@@ -33,6 +33,8 @@ def local_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme in LOCAL_SCHEMES:
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
+        if "\x00" in str(path):  # no file system takes it; os calls raise ValueError (found by the fuzzer)
+            raise InvalidAdapter(f"{uri!r} contains a NUL character; give a real path.", code="adapter_uri_unsupported")
         try:
             return path.expanduser()
         except RuntimeError:  # "~someone" with no such user (found by the schema fuzzer)

@@ -7,6 +7,7 @@ fails the test.
 from __future__ import annotations
 
 import time
+import uuid
 
 import orjson
 import pytest
@@ -65,6 +66,20 @@ def test_streamed_chat_carries_the_text_the_finish_reason_and_usage(client: Open
     assert text == "AbC dEF"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_a_long_streamed_completion_arrives_in_many_chunks_that_add_up_to_the_recorded_result(
+    client: OpenAI, loraq_stack: RunningStack
+) -> None:
+    prompt = "Sticky workers swap adapters rarely"  # as long as the demo model was trained to copy
+    stream = client.completions.create(model="upper", prompt=prompt, max_tokens=64, temperature=0, stream=True)
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(texts) > 1, texts
+    job_id = str(uuid.UUID(chunks[0].id.removeprefix("cmpl-")))
+    with loraq_stack.client() as http:
+        recorded = http.get(f"/v1/jobs/{job_id}").json()["result"]["text"]
+    assert "".join(texts) == recorded == expected("upper", prompt)
 
 
 def test_models_lists_the_adapters_and_unknown_models_are_404(client: OpenAI) -> None:

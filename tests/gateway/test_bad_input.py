@@ -30,9 +30,16 @@ ADMIN = "admin-key-for-tests"
 
 @contextmanager
 def make_gateway(
-    tmp_path: Path, redis_url: str, *, extra_roots: tuple[str, ...] = (), **limits: int
+    tmp_path: Path,
+    redis_url: str,
+    *,
+    extra_roots: tuple[str, ...] = (),
+    database_url: str | None = None,
+    **limits: int,
 ) -> Iterator[TestClient]:
-    db = DatabaseSettings(home=tmp_path)
+    """A gateway in this process with the ``upper`` demo adapter registered, on a SQLite registry in
+    ``tmp_path`` (or the database at ``database_url``, migrated here)."""
+    db = DatabaseSettings(home=tmp_path, database_url=database_url)
     upgrade(db.url())
     settings = GatewaySettings(
         admin_key=SecretStr(ADMIN),

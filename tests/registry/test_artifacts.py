@@ -121,9 +121,36 @@ def test_pickle_weights_are_refused(make_adapter: MakeAdapter, base_dir: Path) -
     assert refusal_code(path, base_dir) == "adapter_pickle_refused"
 
 
-def test_dora_adapter_is_refused(make_adapter: MakeAdapter, base_dir: Path) -> None:
+def test_a_dora_adapter_is_accepted_with_one_magnitude_vector_per_module(
+    make_adapter: MakeAdapter, base_dir: Path
+) -> None:
     path = make_adapter(config=LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, use_dora=True))
-    assert refusal_code(path, base_dir) == "adapter_dora_unsupported"
+    assert validate_adapter(str(path), base_dir=base_dir, max_bytes=MAX_BYTES).target_modules == TARGETS
+
+    weights = load_file(path / WEIGHTS_FILE)
+    del weights[next(name for name in sorted(weights) if "lora_magnitude_vector" in name)]
+    save_file(weights, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    assert refusal_code(path, base_dir) == "adapter_weights_invalid"
+
+
+def test_lora_on_the_embedding_and_lm_head_is_accepted_with_peft_default_saved_copies(
+    make_adapter: MakeAdapter, base_dir: Path
+) -> None:
+    """PEFT saves a copy of a targeted embedding's and LM head's base weight by default (``base_layer``)."""
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens", "lm_head"], use_dora=True)
+    path = make_adapter(config=config)
+    assert any("base_layer" in name for name in load_file(path / WEIGHTS_FILE))
+    info = validate_adapter(str(path), base_dir=base_dir, max_bytes=MAX_BYTES)
+    assert info.target_modules == ["embed_tokens", "lm_head", "q_proj"]
+
+
+def test_a_saved_base_copy_of_another_shape_is_refused(make_adapter: MakeAdapter, base_dir: Path) -> None:
+    path = make_adapter(config=LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens"]))
+    weights = load_file(path / WEIGHTS_FILE)
+    name = next(name for name in weights if "base_layer" in name)
+    weights[name] = torch.cat([weights[name], weights[name][:1]])  # a resized vocabulary
+    save_file(weights, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    assert refusal_code(path, base_dir) == "adapter_base_mismatch"
 
 
 def test_non_lora_peft_type_is_refused(make_adapter: MakeAdapter, base_dir: Path) -> None:
@@ -207,6 +234,8 @@ def test_a_gpt2_adapter_on_conv1d_modules_is_accepted_against_its_base(tmp_path:
     adapter = save_adapter(load_base(base), tmp_path / "lora", seed=0, r=4, target_modules=["c_attn", "c_fc"])
     info = validate_adapter(str(adapter), base_dir=base, max_bytes=MAX_BYTES)
     assert info.r == 4
+    tied = save_adapter(load_base(base), tmp_path / "head", seed=0, r=4, target_modules=["wte", "lm_head"])
+    assert validate_adapter(str(tied), base_dir=base, max_bytes=MAX_BYTES).target_modules == ["lm_head", "wte"]
     with pytest.raises(InvalidAdapter) as refused:  # and a Llama adapter is still refused on it
         validate_adapter(str(adapter_dir("upper")), base_dir=base, max_bytes=MAX_BYTES)
     assert refused.value.code == "adapter_base_mismatch"
@@ -232,3 +261,11 @@ def test_a_recorded_uri_of_a_path_with_a_space_and_accent_reads_back_as_that_pat
     assert local_path(uri) == odd.resolve()
     found = local_dir(uri, sha256="0" * 64, cache_dir=tmp_path / "cache")  # what the worker reads
     assert found.path == odd.resolve() and found.fetched_s is None
+
+
+def test_a_uri_with_a_nul_character_is_refused_with_its_code_not_a_500() -> None:
+    from registry.artifacts.uri import local_path
+
+    with pytest.raises(InvalidAdapter) as err:
+        local_path("\x00")  # found by the schema fuzzer
+    assert err.value.code == "adapter_uri_unsupported"

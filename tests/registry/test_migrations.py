@@ -1,14 +1,25 @@
-"""The Alembic migration is the schema: it round-trips and matches the models."""
+"""The Alembic migration is the schema: it round-trips, matches the models, and backfills the rollups."""
 
 from __future__ import annotations
 
+import random
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from registry.db import make_engine
-from registry.migrate import downgrade, upgrade
-from registry.models import Base
+from registry.adapters import ensure_base_model
+from registry.db import make_engine, transaction
+from registry.db import session_factory as make_session_factory
+from registry.keys import ensure_tenant
+from registry.migrate import alembic_config, downgrade, upgrade
+from registry.models import AdapterVersion, Base, UTCDateTime, utcnow
+from tests.registry.test_adapters_and_jobs import World, register
+from tests.registry.test_rollups import recount, rollup_tables
 
 MODEL_TABLES = set(Base.metadata.tables)
 
@@ -42,3 +53,78 @@ def test_migrated_schema_matches_the_models(engine: Engine) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+def _jobs_at_0005(
+    world: World, upper: AdapterVersion, rot13: AdapterVersion, *, n: int, seed: int
+) -> list[dict[str, Any]]:
+    """Job rows as revision 0005 holds them: every status, shadows, results over a few hours."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        status = rng.choice(["queued", "running", "succeeded", "succeeded", "failed", "cancelled"])
+        version = rng.choice([upper, rot13])
+        primary = rng.choice(rows) if rows and rng.random() < 0.3 else None
+        created = utcnow() - timedelta(days=rng.randrange(3), minutes=rng.randrange(600))
+        ended = status in ("succeeded", "failed", "cancelled")
+        ran = status in ("succeeded", "failed")
+        text = rng.choice(["SAME", "OTHER"]) if status == "succeeded" else None
+        rows.append(
+            {
+                "id": f"job-{i:04d}",
+                "tenant_id": rng.choice([world.acme, world.globex]).id,
+                "adapter_id": version.adapter_id,
+                "version_id": version.id,
+                "status": status,
+                "priority": 0,
+                "request": {"adapter": "x", "prompt": "p"},
+                "shadow_of": primary["id"] if primary else None,
+                "text": text,
+                "prompt_tokens": rng.randrange(1, 20) if text else None,
+                "completion_tokens": rng.randrange(1, 20) if text else None,
+                "queue_wait_s": rng.random() if ran else None,
+                "run_time_s": rng.random() if ran else None,
+                "worker_seconds": rng.choice([None, rng.random()]) if ran else None,
+                "attempts": 1,
+                "created_at": created,
+                "finished_at": created + timedelta(seconds=rng.randrange(7200)) if ended else None,
+            }
+        )
+    return rows
+
+
+def test_the_upgrade_backfills_rollups_that_equal_a_recount(empty_db_url: str) -> None:
+    upgrade(empty_db_url, "0005")
+    engine = make_engine(empty_db_url)
+    try:
+        with transaction(make_session_factory(engine)) as s:
+            world = World(
+                admin=ensure_tenant(s, name="ops", is_admin=True),
+                acme=ensure_tenant(s, name="acme"),
+                globex=ensure_tenant(s, name="globex"),
+                base=ensure_base_model(s, name="loraq/demo-base", path="/srv/models/demo-base"),
+            )
+            upper, rot13 = register(s, world, "upper"), register(s, world, "rot13")
+        rows = _jobs_at_0005(world, upper, rot13, n=60, seed=5)
+        with engine.begin() as conn:
+            conn.execute(JOBS_AT_0005.insert(), rows)
+        config = alembic_config(empty_db_url)
+        config.attributes["rollups_backfill_chunk"] = 7  # many pages; shadows and primaries in different ones
+        command.upgrade(config, "0006_rollups")
+        with engine.connect() as conn:
+            backfilled = rollup_tables(conn)
+            assert backfilled == recount(conn)
+        assert backfilled["job_hours"] and backfilled["shadow_agreement"] and backfilled["tenant_live_jobs"]
+    finally:
+        engine.dispose()
+
+
+JOBS_AT_0005 = sa.table(
+    "jobs",
+    *(sa.column(c) for c in ("id", "tenant_id", "adapter_id", "version_id", "status", "priority", "shadow_of")),
+    *(sa.column(c) for c in ("text", "prompt_tokens", "completion_tokens", "attempts")),
+    *(sa.column(c) for c in ("queue_wait_s", "run_time_s", "worker_seconds")),
+    sa.column("request", sa.JSON()),
+    sa.column("created_at", UTCDateTime()),
+    sa.column("finished_at", UTCDateTime()),
+)

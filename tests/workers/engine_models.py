@@ -24,7 +24,9 @@ from transformers import (
     Qwen2Config,
 )
 
+from registry.artifacts.checks import file_sha256
 from workers.demo_model import DEMO_BASE
+from workers.generation import AdapterRef
 
 VOCAB = 260  # the demo tokenizer's
 SPECIAL = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -49,6 +51,14 @@ FAMILIES: dict[str, tuple[Callable[[], PretrainedConfig], list[str]]] = {
         lambda: GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128, **SPECIAL),
         ["c_attn", "c_proj", "c_fc"],
     ),
+}
+
+
+EDGE_TARGETS: dict[str, list[str]] = {  # the input embedding and the LM head, as PEFT names them
+    "llama": ["embed_tokens", "lm_head"],
+    "qwen2": ["embed_tokens", "lm_head"],
+    "mistral": ["embed_tokens", "lm_head"],
+    "gpt2": ["wte", "lm_head"],  # tied: one weight, two modules
 }
 
 
@@ -79,7 +89,9 @@ def save_adapter(
     peft_model = get_peft_model(copy.deepcopy(base), config)
     with torch.no_grad():  # keep deltas modest so logits stay in a sane range
         for name, param in peft_model.named_parameters():
-            if "lora_" in name:
+            if "lora_magnitude_vector" in name:  # DoRA: magnitudes away from the initial norms, as trained ones are
+                param.mul_(1 + 0.2 * torch.randn_like(param))
+            elif "lora_" in name:
                 param.mul_(0.5)
     peft_model.save_pretrained(directory, save_embedding_layers=save_embedding_layers)
     return directory
@@ -91,3 +103,8 @@ def peft_alone(base: PreTrainedModel, adapter: Path | None) -> PreTrainedModel:
         return base
     model: PreTrainedModel = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
     return model
+
+
+def adapter_ref(path: Path, key: str) -> AdapterRef:
+    """How the worker names the adapter saved in ``path``: its key, its URI and its registered sha256."""
+    return AdapterRef(key=key, uri=str(path), sha256=file_sha256(path / "adapter_model.safetensors"), name=key)

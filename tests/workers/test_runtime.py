@@ -7,6 +7,7 @@ poison row is real too: a prompt longer than the model's positions.
 from __future__ import annotations
 
 import pytest
+import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +16,8 @@ from registry.artifacts.checks import validate_adapter
 from registry.db import transaction
 from registry.models import Job
 from registry.schemas import FinishReason, GenerationResult, JobCreate, TaskJob
+from workers.contract.names import DONE_CHANNEL, stream_key
+from workers.contract.notify import Notifier, decode, push_client
 from workers.demo_model import DEMO_DIR as DEMO
 from workers.engine import EngineConfig
 from workers.engine.peft_baseline import PeftGenerator
@@ -185,3 +188,25 @@ def test_a_job_that_was_running_each_time_its_worker_died_is_quarantined_and_its
     assert outcomes[fresh.job_id].status == "succeeded"
     with session_factory() as session:
         assert session.get(Job, poison.job_id).attempts == 4  # type: ignore[union-attr]
+
+
+def test_a_batch_is_announced_once_after_its_commit_and_streamed_jobs_get_their_end_marker(
+    session_factory: sessionmaker[Session], generator: PeftGenerator, redis_url: str
+) -> None:
+    tasks = enqueue(session_factory, ["one", "two", "three"])
+    tasks[1] = tasks[1].model_copy(update={"stream": True})
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.delete(*(stream_key(t.job_id) for t in tasks))
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(DONE_CHANNEL)
+    listener.get_message(timeout=1)  # the subscription's confirmation
+    notifier = Notifier(push_client(redis_url))
+    runtime = Runtime(
+        generator=generator, sessions=session_factory, worker_name="w1", max_rows=8, wait_s=0, notifier=notifier
+    )
+    assert [o.status for o in runtime.run_batch(tasks)] == ["succeeded"] * 3
+    runtime.batcher.close()
+    messages = [m for _ in range(5) if (m := listener.get_message(timeout=0.2)) is not None]
+    assert [sorted(decode(m["data"])) for m in messages] == [sorted(t.job_id for t in tasks)]  # one per commit
+    assert [f for _, f in client.xrange(stream_key(tasks[1].job_id))] == [{"end": "1"}]  # PEFT sends it whole
+    assert not client.exists(stream_key(tasks[0].job_id))

@@ -22,7 +22,7 @@ from kombu.messaging import Producer
 
 from registry.errors import Unavailable
 from registry.schemas import Priority, TaskJob
-from workers.contract import backlog
+from workers.contract import backlog, notify
 from workers.contract.celery_app import Role, make_celery
 from workers.contract.names import (
     CANCEL_TTL_S,
@@ -156,11 +156,13 @@ class Publisher:
             log.warning("could not mark %s in the backlog index", sorted(waiting_since), exc_info=True)
 
     def signal_cancel(self, job_id: str) -> None:
-        """Tell running workers to stop ``job_id`` at their next step. Best effort:
-        the registry already says cancelled, so its result is never recorded."""
+        """Tell running workers to stop ``job_id`` at their next step, and requests waiting on it that it
+        ended. Best effort: the registry already says cancelled, so its result is never recorded."""
         try:
             with self.app.connection_for_write() as conn:
-                conn.default_channel.client.set(cancel_key(job_id), "1", ex=CANCEL_TTL_S)
+                client = conn.default_channel.client
+                client.set(cancel_key(job_id), "1", ex=CANCEL_TTL_S)
+                notify.publish_done(client, [job_id])
         except Exception:
             log.warning("could not signal the cancellation of %s to workers", job_id, exc_info=True)
 

@@ -7,7 +7,10 @@ adapter never stalls the running batch; a row joins once its adapter is
 copied into one of ``max_loras`` device slots of the mixed-LoRA layers.
 Which slot an adapter takes, and which host copies are dropped, is decided by
 the pure policy in :mod:`workers.engine.slots`; a slot a running row uses is
-never evicted.
+never evicted. Before each forward, :meth:`AdapterManager.activate` also asks
+:mod:`workers.engine.merge_policy` whether one adapter that every row uses
+should be merged into the base weights (the merged fast path), and merges or
+unmerges (:mod:`workers.engine.merge`) before the forward runs.
 
 Called from the engine's thread only (the loop, or ``score`` under the
 scheduler's step lock), except :meth:`AdapterManager.resident` and
@@ -16,22 +19,29 @@ scheduler's step lock), except :meth:`AdapterManager.resident` and
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import torch
 
 from workers import metrics
-from workers.engine.adapter_weights import HostAdapter, read_adapter
+from workers.engine import merge_policy
+from workers.engine.adapter_weights import BaseModules, HostAdapter, ModuleDelta, read_adapter
 from workers.engine.config import EngineConfig
-from workers.engine.layers import LoRABatch, MixedLoRA
+from workers.engine.dora import magnitude_scale
+from workers.engine.layers import LoRABatch, SlotLayer
+from workers.engine.merge import Merger
 from workers.engine.slots import Slot, choose_slot, host_evictions
 from workers.engine.store import local_dir
 from workers.generation import AdapterRef
+
+log = logging.getLogger(__name__)
 
 
 class AdapterManager:
@@ -41,12 +51,13 @@ class AdapterManager:
         self,
         config: EngineConfig,
         *,
-        layers: Mapping[str, MixedLoRA],
+        layers: Mapping[str, SlotLayer],
         batch: LoRABatch,
         module_names: Collection[str],
+        dora: bool = True,
     ) -> None:
         """``layers`` by module name and their shared ``batch``; ``module_names``: every module of the base
-        (an adapter on one that is not in ``layers`` is refused precisely)."""
+        (an adapter on one that is not in ``layers`` is refused precisely); ``dora``: DoRA is served."""
         self.device = torch.device(config.device)
         self.dtype: torch.dtype = getattr(torch, config.dtype)
         self.r_max = config.max_lora_rank
@@ -55,7 +66,15 @@ class AdapterManager:
         self.layers = layers
         self.batch = batch
         self.shapes = {name: (layer.in_features, layer.out_features) for name, layer in layers.items()}
-        self.module_names = module_names
+        self.base = BaseModules(
+            shapes=self.shapes,
+            known=module_names,
+            originals={name: layer.weight for name, layer in layers.items() if layer.is_edge},
+            dora=dora,
+        )
+        self.merger = Merger(layers.values())
+        self.merge_policy = merge_policy.MergePolicy() if config.merge_adapters else None
+        self.merge_state = merge_policy.initial(self.merge_policy or merge_policy.MergePolicy())
         self.slots = [Slot(key=None, last_used=0.0) for _ in range(config.max_loras)]
         self.slot_names: dict[str, str] = {}  # adapter key -> name, for resident()
         self.host: OrderedDict[str, HostAdapter] = OrderedDict()  # LRU, oldest first
@@ -109,14 +128,11 @@ class AdapterManager:
         if old is not None:
             self.slot_names.pop(old, None)
             metrics.ADAPTER_EVICTIONS.labels("slot").inc()
+        if self.merger.slot == slot:
+            self.merger.unmerge()
+        self.merge_state = merge_policy.forget(self.merge_state, slot)
         for module, layer in self.layers.items():
-            delta = adapter.modules.get(module)
-            if delta is None:
-                layer.load_slot(slot, None, None)
-            else:
-                a = delta.a.to(self.device, non_blocking=True)
-                b = delta.b.to(self.device, non_blocking=True)
-                layer.load_slot(slot, a, b)
+            self._load_module(layer, slot, adapter.modules.get(module))
         self.slots[slot - 1] = Slot(key=adapter.key, last_used=time.monotonic())
         self.slot_names[adapter.key] = name or adapter.key
         if adapter.key in self.host:
@@ -131,11 +147,49 @@ class AdapterManager:
         metrics.ADAPTER_LOAD_SECONDS.labels("slot").observe(time.perf_counter() - started)
         metrics.RESIDENT_ADAPTERS.set(len(self.slot_names))
 
+    def _load_module(self, layer: SlotLayer, slot: int, delta: ModuleDelta | None) -> None:
+        if delta is None:
+            layer.load_slot(slot, None, None)
+            return
+        a = delta.a.to(self.device, non_blocking=True)
+        layer.load_slot(slot, a, delta.b.to(self.device, non_blocking=True))
+        if delta.magnitude is None or delta.b_raw is None:
+            layer.set_dora(slot, None)
+            return
+        g = magnitude_scale(
+            self.merger.pristine(layer),
+            a,
+            delta.b_raw.to(self.device, non_blocking=True),
+            scale=delta.scale,
+            magnitude=delta.magnitude.to(self.device, non_blocking=True),
+        )
+        layer.set_dora(slot, g)
+
     def activate(self, slots: list[int]) -> None:
-        """Tell the layers the row -> slot map of the next forward (re-gathered only when it changed)."""
+        """Tell the layers the row -> slot map of the next forward (re-gathered only when it changed), and
+        merge or unmerge an adapter as the merge policy says for it."""
+        if self.merge_policy is not None:
+            self.merge_state = merge_policy.step(self.merge_state, slots, self.merge_policy)
+            if self.merger.slot != self.merge_state.merged:
+                self._switch_merge(self.merge_state.merged)
         if slots != self._slot_map:
             self._slot_map = slots
             self.batch.set(slots, self.device, rank=self._rank)
+
+    def _switch_merge(self, slot: int) -> None:
+        """Unmerge what is merged (exactly), then merge ``slot`` (0: none). A merge that fails (out of
+        memory for its copy) leaves the base unmerged and the rows on the side path, which is always
+        correct; the policy then waits its longest before trying again."""
+        if self.merger.slot:
+            _timed("unmerge", self.merger.unmerge)
+        if not slot:
+            return
+        try:
+            _timed("merge", lambda: self.merger.merge(slot))
+        except Exception as exc:  # the merge undid itself: nothing to repair, only a speed-up lost
+            log.warning("merging slot %d into the base failed (%s); its rows run unmerged", slot, exc)
+            policy = self.merge_policy or merge_policy.MergePolicy()
+            self.merge_state = merge_policy.MergeState(wait=policy.max_wait)
 
     def deactivate(self) -> None:
         """Forget the map the layers hold (a failed step may have left it half set): the next
@@ -192,22 +246,30 @@ class AdapterManager:
         """Fetch (disk tier), parse and check one adapter into host tensors; pinned pages on CUDA."""
         started = time.perf_counter()
         path = local_dir(ref.uri, sha256=ref.sha256, cache_dir=self.cache_dir)
-        adapter = read_adapter(
-            path,
-            key=ref.key,
-            sha256=ref.sha256,
-            shapes=self.shapes,
-            known=self.module_names,
-            r_max=self.r_max,
-            dtype=self.dtype,
-        )
-        if self.device.type == "cuda":
-            for delta in adapter.modules.values():  # pinned pages copy to the device asynchronously
-                object.__setattr__(delta, "a", delta.a.pin_memory())
-                object.__setattr__(delta, "b", delta.b.pin_memory())
+        adapter = read_adapter(path, key=ref.key, sha256=ref.sha256, base=self.base, r_max=self.r_max, dtype=self.dtype)
+        if self.device.type == "cuda":  # pinned pages copy to the device asynchronously
+            adapter = dataclasses.replace(
+                adapter, modules={name: _pinned(delta) for name, delta in adapter.modules.items()}
+            )
         metrics.ADAPTER_LOADS.labels("host").inc()
         metrics.ADAPTER_LOAD_SECONDS.labels("host").observe(time.perf_counter() - started)
         return adapter
 
     def close(self) -> None:
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed(kind: str, change: Callable[[], None]) -> None:
+    started = time.perf_counter()
+    change()
+    metrics.ADAPTER_MERGES.labels(kind).inc()
+    metrics.ADAPTER_MERGE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
+def _pinned(delta: ModuleDelta) -> ModuleDelta:
+    def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.pin_memory()
+
+    return dataclasses.replace(
+        delta, a=delta.a.pin_memory(), b=delta.b.pin_memory(), magnitude=pin(delta.magnitude), b_raw=pin(delta.b_raw)
+    )

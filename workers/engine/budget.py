@@ -17,9 +17,10 @@ from workers.engine import memory
 from workers.engine.runner import Runner
 
 
-def plan_memory(runner: Runner, *, budget_mb: int | None) -> memory.MemoryBudget:
+def plan_memory(runner: Runner, *, budget_mb: int | None, merge_copy: bool = False) -> memory.MemoryBudget:
     """The budget is ``budget_mb`` if set, else 90 % of the GPU, else a quarter of host RAM (room for the
-    gateway, Redis and other workers); raises :class:`memory.BudgetTooSmall` below one full row."""
+    gateway, Redis and other workers); raises :class:`memory.BudgetTooSmall` below one full row.
+    ``merge_copy``: reserve the merged fast path's copy of every mergeable weight."""
     cfg = runner.model.config.get_text_config()
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
@@ -29,8 +30,11 @@ def plan_memory(runner: Runner, *, budget_mb: int | None) -> memory.MemoryBudget
         head_dim=head_dim,
         dtype_bytes=torch.finfo(runner.dtype).bits // 8,
     )
-    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())  # quantized ones are not
+    quantized = runner.quantized
     slots = sum(b.numel() * b.element_size() for layer in runner.layers.values() for b in layer.buffers())
+    mergeable = [layer.weight for layer in runner.layers.values() if layer.mergeable]
+    copy = sum(w.numel() * w.element_size() for w in mergeable) if merge_copy else 0
     if budget_mb is not None:
         budget = budget_mb * 2**20
     elif runner.device.type == "cuda":
@@ -38,14 +42,27 @@ def plan_memory(runner: Runner, *, budget_mb: int | None) -> memory.MemoryBudget
     else:
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     return memory.plan(
-        budget=budget, weights=weights, slots=slots, kv_per_token=per_token, min_tokens=runner.max_positions
+        budget=budget,
+        weights=weights + (quantized.nbytes if quantized else 0),
+        slots=slots,
+        kv_per_token=per_token,
+        min_tokens=runner.max_positions,
+        merge_copy=copy,
+        quantized=quantized.mode if quantized else None,
+        full_weights=weights + quantized.full_nbytes if quantized else None,
     )
 
 
 def publish(plan: memory.MemoryBudget, device: torch.device) -> None:
     """The plan as gauges, by part; on CUDA, the allocated device memory too."""
     kv = plan.kv_tokens * plan.kv_bytes_per_token
-    parts = {"budget": plan.budget, "weights": plan.weights, "slots": plan.slots, "activations": plan.activations}
+    parts = {
+        "budget": plan.budget,
+        "weights": plan.weights,
+        "slots": plan.slots,
+        "merge_copy": plan.merge_copy,
+        "activations": plan.activations,
+    }
     for part, value in {**parts, "kv": kv}.items():
         metrics.MEMORY_BUDGET.labels(part).set(value)
     metrics.KV_TOKENS.set(plan.kv_tokens)

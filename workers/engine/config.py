@@ -27,6 +27,9 @@ class EngineConfig:
     max_cpu_loras_mb: int = 1024  # host-memory cache of adapters (LRU by bytes)
     memory_budget_mb: int | None = None  # None: 90 % of the GPU, or a quarter of host RAM
     cache_dir: Path | None = None  # disk cache of adapters from remote stores; None: a temp directory
+    merge_adapters: bool = True  # merged fast path for single-adapter batches (reserves a copy of the weights)
+    embedding_lora: bool = True  # the input embedding and the LM head take adapters (2 x slots x vocab x r_max)
+    quantize: Literal["none", "int8"] = "none"  # the shared base's block linears (int8: CPU, float32)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> EngineConfig:
@@ -41,4 +44,7 @@ class EngineConfig:
             max_cpu_loras_mb=settings.max_cpu_loras_mb,
             memory_budget_mb=settings.memory_budget_mb,
             cache_dir=settings.adapter_cache_dir or settings.db.home / "adapter-cache",
+            merge_adapters=settings.merge_adapters,
+            embedding_lora=settings.embedding_lora,
+            quantize=settings.quantize,
         )

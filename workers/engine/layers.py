@@ -1,21 +1,31 @@
 """Mixed-LoRA layers: one forward serves rows of different adapters.
 
-Every target linear module of the base model (``nn.Linear``, or GPT-2's
-``Conv1D``) is wrapped once at start-up by :class:`MixedLoRA`, which holds
-the stacked weights of every adapter slot::
+Every target module of the base model is wrapped once at start-up by a
+:class:`SlotLayer` holding the stacked weights of every adapter slot::
 
     lora_a[slots, in, r_max]    (lora_A, transposed so a gather is ready for bmm)
     lora_b[slots, r_max, out]   (lora_B transposed, pre-multiplied by the scale)
+    dora_g[slots, out]          (DoRA's magnitude / column norm; 1 for plain LoRA)
 
-Slot 0 is "no adapter" and stays zero. Smaller ranks are zero-padded to
-``r_max``, so adapters of any rank, alpha, rsLoRA, target subset or
-``layers_to_transform`` coexist (a module an adapter does not touch is zero
-in its slot).
+The targets are the linear modules inside the decoder blocks (``nn.Linear``
+or GPT-2's ``Conv1D``: :class:`MixedLoRA`), and, unless turned off, the LM
+head (a linear module too) and the input embedding
+(:class:`~workers.engine.embedding_layer.MixedEmbedding`, where ``in`` is the
+vocabulary). Slot 0 is "no adapter" and stays zero. Smaller ranks are
+zero-padded to ``r_max``, so adapters of any rank, alpha, rsLoRA, target
+subset or ``layers_to_transform`` coexist (a module an adapter does not touch
+is zero in its slot).
 
-A forward adds, for each row ``i`` of slot ``s_i``, ``x_i @ lora_a[s_i] @ lora_b[s_i]``:
-rows are grouped by adapter (index ops), each group runs against its
-adapter's weights in one ``bmm`` for A and one for B over all groups, and the
-results are added back to their rows. No Python loop over rows or adapters.
+Each row ``i`` of slot ``s`` gets, with ``d = x_i @ lora_a[s] @ lora_b[s]`` and ``g = dora_g[s]``,
+PEFT's output for that adapter alone::
+
+    y_i + d                                  plain LoRA
+    y_i + (g - 1) * (y_i - bias) + g * d     DoRA
+
+In a linear layer rows are grouped by adapter (index ops), each group runs
+against its adapter's weights in one ``bmm`` for A and one for B over all
+groups, and the results are added back to their rows. No Python loop over
+rows or adapters.
 
 Why grouped and not per-row gathered weights (``A[s_i]`` for every row):
 decode is bandwidth-bound for the LoRA part, and per-row copies read each
@@ -25,18 +35,19 @@ when the *set* of adapters in the batch changes, not when rows join or
 leave, which with continuous batching happens every few steps. (vLLM's
 punica/SGMV kernels segment rows by adapter inside one GPU kernel; this is
 the same idea with stock torch ops so it runs on CPU and any GPU.)
+
+A layer whose ``merged`` flag is set holds one adapter's delta in its base
+weight (:mod:`workers.engine.merge`) and runs the base alone: the adapter
+manager sets it only while every row of the batch uses that adapter.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-_IN_BLOCK = re.compile(r"(^|\.)\d+\.")  # a numbered decoder block: model.layers.3.…, transformer.h.3.…
 
 
 @dataclass
@@ -58,6 +69,7 @@ class LoRABatch:
     per_group: int = 0
     group_rows: torch.Tensor | None = None  # [adapters * per_group]: the row at each grouped place
     row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
+    row_slots: torch.Tensor | None = None  # [rows]: each row's slot (DoRA scales, embedding gathers)
     has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
     uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
     rank: int = 0  # the widest rank among loaded slots: columns beyond it are zero and skipped
@@ -85,45 +97,57 @@ class LoRABatch:
         self.uniform = not self.has_base and places == list(range(len(slots))) and len(group_rows) == len(slots)
         self.group_rows = torch.tensor(group_rows, dtype=torch.long, device=device)
         self.row_places = torch.tensor(places, dtype=torch.long, device=device)
+        self.row_slots = torch.tensor(slots, dtype=torch.long, device=device)
 
     def touch(self) -> None:
         """A slot's weights changed: every layer re-copies the batch's adapters."""
         self.weights_version += 1
 
 
-class MixedLoRA(nn.Module):
-    """A base linear module plus the LoRA deltas of every slot, applied per adapter group.
+class SlotLayer(nn.Module):
+    """A base module plus every slot's LoRA pair and DoRA scale; subclasses compute the delta ``d``.
 
-    For each row ``i`` of the batch, with ``slot = batch``'s row -> slot map::
-
-        y[i] += scale[slot[i]] * B[slot[i]] @ (A[slot[i]] @ x[i])
-
-    with PEFT's ``A`` [r, in] and ``B`` [out, r]; stored transposed and
-    pre-scaled as ``lora_a`` [slots, in, r_max] and ``lora_b`` [slots, r_max, out].
+    ``transposed``: the base weight is stored [in, out] (Conv1D, an embedding's [vocab, dim]) rather
+    than nn.Linear's [out, in]. ``mergeable``: the adapter manager may merge a delta into its weight
+    (a block linear whose weight no other module shares).
     """
 
     lora_a: torch.Tensor  # [slots, in, r_max] buffer; slot 0 stays zero
     lora_b: torch.Tensor  # [slots, r_max, out] buffer, scale included
+    dora_g: torch.Tensor  # [slots, out] buffer; 1 where a slot is plain LoRA
 
-    def __init__(self, base: nn.Module, *, slots: int, r_max: int, batch: LoRABatch) -> None:
+    def __init__(
+        self, base: nn.Module, *, in_f: int, out_f: int, transposed: bool, slots: int, r_max: int, batch: LoRABatch
+    ) -> None:
         super().__init__()
-        if isinstance(base, Conv1D):
-            in_f, out_f = base.weight.shape
-        elif isinstance(base, nn.Linear):
-            out_f, in_f = base.weight.shape
-        else:
-            raise TypeError(f"cannot wrap {type(base).__name__}: only nn.Linear and Conv1D")
         self.base = base
-        self.in_features, self.out_features = int(in_f), int(out_f)
+        self.in_features, self.out_features = in_f, out_f
+        self.transposed = transposed
         self.batch = batch
-        weight = base.weight
-        self.register_buffer("lora_a", torch.zeros(slots, in_f, r_max, dtype=weight.dtype, device=weight.device))
-        self.register_buffer("lora_b", torch.zeros(slots, r_max, out_f, dtype=weight.dtype, device=weight.device))
-        self.filled: set[int] = set()  # slots with weights in this module
+        self.r_max = r_max
+        self.mergeable = False
+        self.is_edge = False  # the input embedding or the LM head (never merged; a saved copy must equal it)
+        self.merged = False  # the base weight holds the delta of the batch's only adapter
+        dtype, device = self.weight.dtype, self.weight.device
+        self.register_buffer("lora_a", torch.zeros(slots, in_f, r_max, dtype=dtype, device=device))
+        self.register_buffer("lora_b", torch.zeros(slots, r_max, out_f, dtype=dtype, device=device))
+        self.register_buffer("dora_g", torch.ones(slots, out_f, dtype=dtype, device=device))
+        self.filled: dict[int, int] = {}  # slot -> rank, for slots with weights in this module
+        self.dora: set[int] = set()  # slots whose adapter is DoRA in this module
         self._version = -1
-        self._a: torch.Tensor | None = None  # [adapters, in, r] of the batch's adapters
-        self._b: torch.Tensor | None = None  # [adapters, r, out]
         self._skip = True  # no adapter of the batch touches this module
+        self._dora_active = False  # some adapter of the batch is DoRA in this module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        weight = self.base.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    def weight_out_in(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight`` (default: the base's) as a [out, in] view, the layout LoRA's ``B @ A`` has."""
+        w = self.weight if weight is None else weight
+        return w.t() if self.transposed else w
 
     def load_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put one adapter's ``A`` [in, r] and scaled ``B`` [r, out] in ``slot``; ``None`` clears it.
@@ -135,19 +159,87 @@ class MixedLoRA(nn.Module):
             if slot in self.filled:
                 self.lora_a[slot].zero_()
                 self.lora_b[slot].zero_()
-                self.filled.discard(slot)
+                del self.filled[slot]
+            self.set_dora(slot, None)
             return
         r = a.shape[1]
         self.lora_a[slot, :, :r].copy_(a)
         self.lora_a[slot, :, r:].zero_()
         self.lora_b[slot, :r, :].copy_(b)
         self.lora_b[slot, r:, :].zero_()
-        self.filled.add(slot)
+        self.filled[slot] = r
 
-    def _refresh(self) -> None:
+    def set_dora(self, slot: int, g: torch.Tensor | None) -> None:
+        """DoRA's per-output scale ``g`` [out] for ``slot`` (:func:`workers.engine.dora.magnitude_scale`);
+        ``None``: plain LoRA."""
+        if g is None:
+            if slot in self.dora:
+                self.dora_g[slot].fill_(1)
+                self.dora.discard(slot)
+            return
+        self.dora_g[slot].copy_(g)
+        self.dora.add(slot)
+
+    def refresh(self) -> None:
+        """The batch's set of adapters (or a slot's weights) changed: re-read what this layer needs."""
         batch = self.batch
         self._version = batch.weights_version
-        self._skip = not (set(batch.adapters) & self.filled)
+        self._skip = not (set(batch.adapters) & self.filled.keys())
+        self._dora_active = bool(set(batch.adapters) & self.dora)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's ``x @ A[slot] @ B[slot]``, [rows, steps, out] in row order (zero for base rows)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: [rows, steps, ...] (leading size ``batch.rows``) -> the base's output plus each row's delta."""
+        y: torch.Tensor = self.base(x)
+        batch = self.batch
+        if self.merged or not batch.adapters:
+            return y
+        if self._version != batch.weights_version:
+            self.refresh()
+        if self._skip:
+            return y
+        d = self.delta(x)
+        y3 = y.reshape(batch.rows, -1, self.out_features)
+        if not self._dora_active:
+            return (y3 + d).reshape(y.shape)
+        assert batch.row_slots is not None
+        g = self.dora_g.index_select(0, batch.row_slots).unsqueeze(1)  # [rows, 1, out]
+        bias: torch.Tensor | None = getattr(self.base, "bias", None)
+        plain = y3 if bias is None else y3 - bias
+        return (y3 + (g - 1) * plain + g * d).reshape(y.shape)
+
+
+class MixedLoRA(SlotLayer):
+    """A linear module (``nn.Linear`` or ``Conv1D``) with every slot's LoRA, applied per adapter group.
+
+    For each row ``i`` of the batch, with ``slot = batch``'s row -> slot map::
+
+        y[i] += scale[slot[i]] * B[slot[i]] @ (A[slot[i]] @ x[i])
+
+    with PEFT's ``A`` [r, in] and ``B`` [out, r]; stored transposed and
+    pre-scaled as ``lora_a`` [slots, in, r_max] and ``lora_b`` [slots, r_max, out].
+    """
+
+    def __init__(self, base: nn.Module, *, slots: int, r_max: int, batch: LoRABatch) -> None:
+        if isinstance(base, Conv1D):
+            in_f, out_f = base.weight.shape
+        elif isinstance(base, nn.Linear):
+            out_f, in_f = base.weight.shape
+        else:
+            raise TypeError(f"cannot wrap {type(base).__name__}: only nn.Linear and Conv1D")
+        transposed = isinstance(base, Conv1D)
+        super().__init__(
+            base, in_f=int(in_f), out_f=int(out_f), transposed=transposed, slots=slots, r_max=r_max, batch=batch
+        )
+        self._a: torch.Tensor | None = None  # [adapters, in, r] of the batch's adapters
+        self._b: torch.Tensor | None = None  # [adapters, r, out]
+
+    def refresh(self) -> None:
+        super().refresh()
+        batch = self.batch
         if self._skip:
             self._a = self._b = None
             return
@@ -155,55 +247,18 @@ class MixedLoRA(nn.Module):
         self._a = self.lora_a[:, :, : batch.rank].index_select(0, index)
         self._b = self.lora_b[:, : batch.rank, :].index_select(0, index)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [rows, steps, in] (any shape whose leading size is ``batch.rows``) -> [rows, steps, out]."""
-        y: torch.Tensor = self.base(x)
-        batch = self.batch
-        if not batch.adapters:
-            return y
-        if self._version != batch.weights_version:
-            self._refresh()
-        if self._skip:
-            return y
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
         assert self._a is not None and self._b is not None
+        batch = self.batch
         groups = len(batch.adapters)
         x3 = x.reshape(batch.rows, -1, self.in_features)
         steps = x3.shape[1]
         if batch.uniform:  # rows already sit in adapter order, one full group each: views only
             xg = x3.reshape(groups, -1, self.in_features)
-            d = torch.bmm(torch.bmm(xg, self._a), self._b)
-            return (y.reshape(groups, -1, self.out_features) + d).reshape(y.shape)
+            return torch.bmm(torch.bmm(xg, self._a), self._b).reshape(batch.rows, steps, self.out_features)
         assert batch.group_rows is not None and batch.row_places is not None
         xg = x3.index_select(0, batch.group_rows).reshape(groups, batch.per_group * steps, self.in_features)
         d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * batch.per_group, steps, self.out_features)
         if batch.has_base:
             d = torch.cat([d, d.new_zeros(1, steps, self.out_features)])
-        return (y.reshape(batch.rows, steps, self.out_features) + d.index_select(0, batch.row_places)).reshape(y.shape)
-
-
-def target_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every linear module inside the decoder blocks, by its qualified name.
-
-    Embeddings and the LM head are left alone: an adapter that targets them
-    is refused when it is loaded.
-    """
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and _IN_BLOCK.search(name)
-    }
-
-
-def wrap(model: nn.Module, *, slots: int, r_max: int) -> tuple[LoRABatch, dict[str, MixedLoRA]]:
-    """Replace every target module by a :class:`MixedLoRA` around it, in place."""
-    batch = LoRABatch()
-    wrapped: dict[str, MixedLoRA] = {}
-    for name, module in target_modules(model).items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = MixedLoRA(module, slots=slots, r_max=r_max, batch=batch)
-        setattr(parent, child, layer)
-        wrapped[name] = layer
-    if not wrapped:
-        raise ValueError(f"{type(model).__name__} has no linear modules in decoder blocks to serve LoRA on")
-    return batch, wrapped
+        return d.index_select(0, batch.row_places)

@@ -26,6 +26,7 @@ import torch
 
 from registry.schemas import ChatMessage, GenerationResult
 from workers import chat
+from workers.contract.streams import Deltas
 from workers.engine.adapters import AdapterManager
 from workers.engine.budget import plan_memory, publish
 from workers.engine.config import EngineConfig
@@ -43,21 +44,35 @@ class _Parts:
     scheduler: Scheduler
 
 
-def _build(config: EngineConfig, cancelled: Cancelled | None) -> _Parts:
+def _build(config: EngineConfig, cancelled: Cancelled | None, deltas: Deltas | None) -> _Parts:
     runner = Runner(config)
-    budget = plan_memory(runner, budget_mb=config.memory_budget_mb)
+    budget = plan_memory(runner, budget_mb=config.memory_budget_mb, merge_copy=config.merge_adapters)
     publish(budget, runner.device)
-    adapters = AdapterManager(config, layers=runner.layers, batch=runner.batch, module_names=runner.module_names)
+    adapters = AdapterManager(
+        config,
+        layers=runner.layers,
+        batch=runner.batch,
+        module_names=runner.module_names,
+        dora=runner.quantized is None,
+    )
     scheduler = Scheduler(
-        runner=runner, adapters=adapters, max_rows=config.max_rows, kv_tokens=budget.kv_tokens, cancelled=cancelled
+        runner=runner,
+        adapters=adapters,
+        max_rows=config.max_rows,
+        kv_tokens=budget.kv_tokens,
+        cancelled=cancelled,
+        deltas=deltas,
     )
     return _Parts(runner=runner, budget=budget, adapters=adapters, scheduler=scheduler)
 
 
 class LoraEngine:
-    """A :class:`~workers.generation.Generator`; ``cancelled`` says which of some job ids were cancelled."""
+    """A :class:`~workers.generation.Generator`; ``cancelled`` says which of some job ids were cancelled,
+    ``deltas`` receives the text of streamed rows as it is decoded."""
 
-    def __init__(self, config: EngineConfig, *, cancelled: Cancelled | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, *, cancelled: Cancelled | None = None, deltas: Deltas | None = None
+    ) -> None:
         """Load the model on the engine's own thread, which then runs the step loop.
 
         Every forward, and the loading, happen on that one thread: with the
@@ -72,7 +87,7 @@ class LoraEngine:
 
         def serve() -> None:
             try:
-                built.append(_build(config, cancelled))
+                built.append(_build(config, cancelled, deltas))
             except BaseException as exc:
                 failed.append(exc)
                 return

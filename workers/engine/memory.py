@@ -1,9 +1,11 @@
 """The worker's memory budget, computed once at start-up and printed.
 
 Pure arithmetic over plain numbers (torch-free, unit-tested). The budget is
-what the engine may use on its device; weights and adapter slots are fixed
-costs, a share is kept for activations, and the rest is KV cache, counted in
-tokens. Rows are admitted only while the KV tokens they may need fit, so a
+what the engine may use on its device; weights, adapter slots and the copy
+the merged fast path keeps of the weights it overwrites are fixed costs, a
+share is kept for activations, and the rest is KV cache, counted in tokens.
+With a quantized base, the plan also says what the weights would cost
+unquantized: the saving that every adapter shares. Rows are admitted only while the KV tokens they may need fit, so a
 burst of long requests waits instead of ending in an out-of-memory crash.
 """
 
@@ -22,12 +24,20 @@ class MemoryBudget:
     activations: int
     kv_bytes_per_token: int
     kv_tokens: int  # KV cache capacity, in tokens over all running rows
+    merge_copy: int = 0  # the merged fast path's copy of the weights a merge overwrites
+    quantized: str | None = None  # the base's quantization ("int8"), None: full precision
+    full_weights: int = 0  # what the weights cost unquantized (= weights when not quantized)
 
     def describe(self) -> str:
         mib = 2**20
+        weights = f"weights {self.weights / mib:.1f}"
+        if self.quantized:
+            saved = self.full_weights - self.weights
+            weights += f" ({self.quantized}; {self.full_weights / mib:.1f} unquantized, saves {saved / mib:.1f})"
+        merge = f" + merge copy {self.merge_copy / mib:.1f}" if self.merge_copy else ""
         return (
-            f"memory budget {self.budget / mib:.0f} MiB = weights {self.weights / mib:.1f} + "
-            f"LoRA slots {self.slots / mib:.1f} + activations {self.activations / mib:.1f} + "
+            f"memory budget {self.budget / mib:.0f} MiB = {weights} + "
+            f"LoRA slots {self.slots / mib:.1f}{merge} + activations {self.activations / mib:.1f} + "
             f"KV cache {self.kv_tokens} tokens x {self.kv_bytes_per_token} B"
         )
 
@@ -40,17 +50,28 @@ def kv_bytes_per_token(*, layers: int, kv_heads: int, head_dim: int, dtype_bytes
     return 2 * layers * kv_heads * head_dim * dtype_bytes  # keys and values
 
 
-def plan(*, budget: int, weights: int, slots: int, kv_per_token: int, min_tokens: int) -> MemoryBudget:
+def plan(
+    *,
+    budget: int,
+    weights: int,
+    slots: int,
+    kv_per_token: int,
+    min_tokens: int,
+    merge_copy: int = 0,
+    quantized: str | None = None,
+    full_weights: int | None = None,
+) -> MemoryBudget:
     """Split ``budget``; refuse to start when fewer than ``min_tokens`` of KV cache (one full row) fit."""
-    rest = budget - weights - slots
+    fixed = weights + slots + merge_copy
+    rest = budget - fixed
     activations = int(max(0, rest) * ACTIVATION_SHARE)
     kv_tokens = max(0, rest - activations) // kv_per_token
     if kv_tokens < min_tokens:
-        need = weights + slots + int(min_tokens * kv_per_token / (1 - ACTIVATION_SHARE))
+        need = fixed + int(min_tokens * kv_per_token / (1 - ACTIVATION_SHARE))
         raise BudgetTooSmall(
             f"a memory budget of {budget / 2**20:.0f} MiB leaves KV cache for {kv_tokens} tokens, fewer than one "
             f"full-length row ({min_tokens}); set LORAQ_MEMORY_BUDGET_MB to at least {need / 2**20:.0f}, "
-            "or lower LORAQ_MAX_LORAS / LORAQ_MAX_LORA_RANK"
+            "or lower LORAQ_MAX_LORAS / LORAQ_MAX_LORA_RANK (or set LORAQ_MERGE_ADAPTERS=false)"
         )
     return MemoryBudget(
         budget=budget,
@@ -59,6 +80,9 @@ def plan(*, budget: int, weights: int, slots: int, kv_per_token: int, min_tokens
         activations=activations,
         kv_bytes_per_token=kv_per_token,
         kv_tokens=kv_tokens,
+        merge_copy=merge_copy,
+        quantized=quantized,
+        full_weights=weights if full_weights is None else full_weights,
     )
 
 

@@ -27,6 +27,7 @@ class Row:
     generator: torch.Generator | None  # a seeded row's own random stream
     slot: int = 0  # the adapter slot it runs in; 0 is the base model
     tokens: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of its text already published (streamed rows)
     cancelled: bool = False
     exclusive: bool = False  # runs alone: it shared a step that failed, and may be the cause
     arrived: float = field(default_factory=time.monotonic)
@@ -35,6 +36,7 @@ class Row:
     def restart(self, generator: torch.Generator | None) -> None:
         """Back to its prompt, to run again alone (``generator``: a fresh stream for its seed)."""
         self.tokens = []
+        self.sent = 0  # its text is published again from the start; readers skip what they have
         self.generator = generator
         self.exclusive = True
 

@@ -18,12 +18,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from registry.schemas import GenerationResult, SamplingParams
-from workers.decoding import finish_row
+from workers.decoding import finish_row, streamable_text
 from workers.engine.config import EngineConfig
 from workers.engine.kv import KVBatch
-from workers.engine.layers import LoRABatch, MixedLoRA, wrap
+from workers.engine.layers import LoRABatch, SlotLayer
+from workers.engine.quantize import quantize_base
 from workers.engine.row import Row
 from workers.engine.sampling import choose_tokens, row_generator
+from workers.engine.wrap import wrap
 from workers.errors import PromptTooLong
 from workers.generation import GenRequest
 
@@ -40,8 +42,11 @@ class Runner:
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         # Slot 0 of every layer is the base model (no adapter); slots 1..max_loras hold adapters.
         self.batch: LoRABatch
-        self.layers: dict[str, MixedLoRA]
-        self.batch, self.layers = wrap(self.model, slots=config.max_loras + 1, r_max=config.max_lora_rank)
+        self.layers: dict[str, SlotLayer]
+        self.batch, self.layers = wrap(
+            self.model, slots=config.max_loras + 1, r_max=config.max_lora_rank, embeddings=config.embedding_lora
+        )
+        self.quantized = quantize_base(self.layers, mode=config.quantize, device=self.device, dtype=self.dtype)
         self.module_names = frozenset(name for name, _ in self.model.named_modules())
         eos = self.model.generation_config.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -153,6 +158,12 @@ class Runner:
             prompt_tokens=len(row.prompt_ids),
             decode=self.decode_text,
         )
+
+    def streamable(self, row: Row) -> str:
+        """The row's text so far that its result will begin with. Decodes the whole row (a streamed
+        row's cost per step grows with its length; rows that do not stream never pay it)."""
+        sampling = row.req.sampling.model_copy(update={"max_tokens": row.cap})
+        return streamable_text(row.tokens, sampling=sampling, eos_ids=self.eos_ids, decode=self.decode_text)
 
     def decode_text(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))

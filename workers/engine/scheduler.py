@@ -4,7 +4,10 @@ Continuous batching: between steps, pending rows join the running batch
 (admitted while the batch has places, their KV cache fits the memory budget
 and their adapter is in a device slot) and finished rows leave. A cancelled
 job's row stops at the next check; a step that raises is isolated by running
-each of its rows again alone, so only a row that fails alone fails.
+each of its rows again alone, so only a row that fails alone fails. After
+each forward, the new text of the rows whose job streams goes to ``deltas``
+in one call (rows that do not stream cost nothing), before any of them is
+retired: a row's deltas are out before its result is.
 
 Torch-free: the forwards are behind :class:`Runner` and the adapter tiers
 behind :class:`Adapters`, so the policy here is tested with fakes.
@@ -21,6 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from registry.schemas import GenerationResult, SamplingParams
+from workers.contract.streams import Delta, Deltas
 from workers.engine import memory
 from workers.engine.row import Row
 from workers.generation import AdapterRef
@@ -55,6 +59,9 @@ class Runner(Protocol):
 
     def result(self, row: Row) -> GenerationResult: ...
 
+    def streamable(self, row: Row) -> str:
+        """The row's text so far that its result will begin with."""
+
     def row_generator(self, sampling: SamplingParams) -> torch.Generator | None: ...
 
 
@@ -85,17 +92,25 @@ class Scheduler:
 
     ``kv_tokens`` is the memory budget's KV capacity (rows are admitted only
     while :func:`memory.fits`); ``cancelled`` is asked every
-    ``CANCEL_CHECK_EVERY`` decode steps.
+    ``CANCEL_CHECK_EVERY`` decode steps; ``deltas`` receives streamed rows' new text after each forward.
     """
 
     def __init__(
-        self, *, runner: Runner, adapters: Adapters, max_rows: int, kv_tokens: int, cancelled: Cancelled | None = None
+        self,
+        *,
+        runner: Runner,
+        adapters: Adapters,
+        max_rows: int,
+        kv_tokens: int,
+        cancelled: Cancelled | None = None,
+        deltas: Deltas | None = None,
     ) -> None:
         self.runner = runner
         self.adapters = adapters
         self.max_rows = max_rows
         self.kv_tokens = kv_tokens
         self.cancelled = cancelled
+        self.deltas = deltas
         self.step_lock = threading.Lock()  # one forward at a time (the loop, or the engine's score())
         self.pending: deque[Row] = deque()
         self.running: list[Row] = []
@@ -186,6 +201,21 @@ class Scheduler:
         self.adapters.activate([r.slot for r in rows])
         forward(rows)
         self.adapters.touch({r.slot for r in rows if r.slot})  # once per slot in use, not once per row
+        if self.deltas is not None:
+            self._publish(rows, self.deltas)
+
+    def _publish(self, rows: list[Row], deltas: Deltas) -> None:
+        """The streamed rows' text past what each has published, in one call."""
+        out = []
+        for r in rows:
+            if not r.req.stream:
+                continue
+            text = self.runner.streamable(r)
+            if len(text) > r.sent:
+                out.append(Delta(job_id=r.req.job_id, pos=r.sent, text=text[r.sent :]))
+                r.sent = len(text)
+        if out:
+            deltas(out)
 
     def _retire(self, rows: list[Row]) -> list[Row]:
         """Hand finished rows their results and drop them from the KV cache; return the rows still running."""

@@ -1,7 +1,8 @@
 """PEFT is the oracle: every row of a mixed batch equals PEFT running that row's adapter alone.
 
 Property-based over model families (Llama, Qwen2, Mistral, GPT-2 with its
-Conv1D), ranks, alphas, rsLoRA, target subsets, ``layers_to_transform`` and
+Conv1D and tied LM head), ranks, alphas, rsLoRA, DoRA, target subsets
+(the input embedding and the LM head included), ``layers_to_transform`` and
 ``rank_pattern``/``alpha_pattern``; real tensors in fp32, small shapes.
 """
 
@@ -15,10 +16,18 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 
-from registry.artifacts.checks import file_sha256
 from registry.schemas import SamplingParams
-from tests.workers.engine_models import FAMILIES, build_base, load_base, peft_alone, save_adapter
+from tests.workers.engine_models import (
+    EDGE_TARGETS,
+    FAMILIES,
+    adapter_ref,
+    build_base,
+    load_base,
+    peft_alone,
+    save_adapter,
+)
 from workers.engine import EngineConfig, LoraEngine
 from workers.errors import AdapterRefused
 from workers.generation import AdapterRef, GenRequest
@@ -32,9 +41,16 @@ def base_dir(family: str) -> Path:
 
 
 @cache
-def engine(family: str) -> LoraEngine:
+def engine(family: str, *, embedding_lora: bool = True) -> LoraEngine:
     return LoraEngine(
-        EngineConfig(base_model=base_dir(family), max_loras=3, max_rows=8, max_lora_rank=16, memory_budget_mb=64)
+        EngineConfig(
+            base_model=base_dir(family),
+            max_loras=3,
+            max_rows=8,
+            max_lora_rank=16,
+            memory_budget_mb=64,
+            embedding_lora=embedding_lora,
+        )
     )
 
 
@@ -42,10 +58,13 @@ def engine(family: str) -> LoraEngine:
 def lora_configs(draw: st.DrawFn, family: str) -> dict[str, object]:
     targets = FAMILIES[family][1]
     chosen = draw(st.lists(st.sampled_from(targets), min_size=1, max_size=len(targets), unique=True))
+    edges = EDGE_TARGETS[family]
+    chosen += draw(st.lists(st.sampled_from(edges), max_size=len(edges), unique=True))
     config: dict[str, object] = {
         "r": draw(st.sampled_from([1, 2, 4, 8])),
         "lora_alpha": draw(st.sampled_from([1, 4, 8, 16, 32])),
         "use_rslora": draw(st.booleans()),
+        "use_dora": draw(st.booleans()),
         "target_modules": chosen,
     }
     if draw(st.booleans()):
@@ -55,10 +74,6 @@ def lora_configs(draw: st.DrawFn, family: str) -> dict[str, object]:
         config["rank_pattern"] = {module: draw(st.sampled_from([2, 16]))}
         config["alpha_pattern"] = {module: draw(st.sampled_from([3, 24]))}
     return config
-
-
-def ref(path: Path, key: str) -> AdapterRef:
-    return AdapterRef(key=key, uri=str(path), sha256=file_sha256(path / "adapter_model.safetensors"), name=key)
 
 
 def request(job: str, prompt: str, adapter: AdapterRef | None) -> GenRequest:
@@ -79,7 +94,7 @@ def test_every_row_of_a_mixed_batch_matches_peft_for_its_adapter_alone(data: st.
             save_adapter(base, Path(tmp) / f"a{i}", seed=data.draw(st.integers(0, 999)), **c)
             for i, c in enumerate(configs)
         ]
-        refs = [ref(p, f"{family}-{tmp}-{i}") for i, p in enumerate(paths)]
+        refs = [adapter_ref(p, f"{family}-{tmp}-{i}") for i, p in enumerate(paths)]
         rows = data.draw(
             st.lists(
                 st.tuples(
@@ -111,23 +126,25 @@ def test_slot_zero_rows_equal_the_base_model_exactly_when_no_adapter_is_in_the_b
 
 
 @pytest.mark.parametrize(
-    ("lora", "code"),
+    ("family", "lora", "code", "embedding_lora"),
     [
-        ({"r": 32, "lora_alpha": 8, "target_modules": ["q_proj"]}, "adapter_rank_too_large"),
-        ({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True}, "adapter_dora_unsupported"),
-        ({"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]}, "adapter_module_unsupported"),
+        ("llama", {"r": 32, "target_modules": ["q_proj"]}, "adapter_rank_too_large", True),
+        ("gpt2", {"r": 4, "target_modules": ["c_attn", "wpe"]}, "adapter_module_unsupported", True),  # positions
+        ("llama", {"r": 4, "target_modules": ["q_proj", "lm_head"]}, "adapter_module_unsupported", False),
         (
-            {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+            "llama",
+            {"r": 4, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
             "adapter_modules_to_save_unsupported",
+            True,
         ),
     ],
 )
 def test_what_a_mixed_batch_cannot_serve_is_refused_at_load_with_a_code(
-    tmp_path: Path, lora: dict[str, object], code: str
+    tmp_path: Path, family: str, lora: dict[str, object], code: str, embedding_lora: bool
 ) -> None:
-    eng = engine("llama")
-    path = save_adapter(load_base(base_dir("llama")), tmp_path / "a", seed=1, **lora)
-    req = request("x", "hi", ref(path, f"refused-{code}"))
+    eng = engine(family, embedding_lora=embedding_lora)
+    path = save_adapter(load_base(base_dir(family)), tmp_path / "a", seed=1, lora_alpha=8, **lora)
+    req = request("x", "hi", adapter_ref(path, f"refused-{code}"))
     with pytest.raises(AdapterRefused) as info:
         eng.generate([req])
     assert info.value.code == code
@@ -137,5 +154,27 @@ def test_what_a_mixed_batch_cannot_serve_is_refused_at_load_with_a_code(
 def test_an_adapter_of_another_base_is_refused(tmp_path: Path) -> None:
     gpt2 = save_adapter(load_base(base_dir("gpt2")), tmp_path / "g", seed=2, r=4, target_modules=["c_attn"])
     with pytest.raises(AdapterRefused) as info:
-        engine("llama").generate([request("x", "hi", ref(gpt2, "gpt2-on-llama"))])
+        engine("llama").generate([request("x", "hi", adapter_ref(gpt2, "gpt2-on-llama"))])
+    assert info.value.code == "adapter_base_mismatch"
+
+
+def test_peft_default_saved_copies_of_the_embedding_and_head_are_served_only_if_they_equal_the_base(
+    tmp_path: Path,
+) -> None:
+    """``save_pretrained`` saves the base weights of a targeted embedding and LM head by default."""
+    eng, base = engine("qwen2"), load_base(base_dir("qwen2"))
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "embed_tokens", "lm_head"], "use_dora": True}
+    path = save_adapter(base, tmp_path / "a", seed=3, save_embedding_layers=True, **lora)
+    req = request("c", "saved copies", adapter_ref(path, "with-copies"))
+    [got] = eng.score([req, request("b", "base row", None)])[:1]
+    ids = torch.tensor([eng.runner.tokenizer(req.prompt)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(got, peft_alone(base, path)(input_ids=ids).logits[0], atol=1e-4, rtol=1e-4)
+
+    weights = load_file(path / "adapter_model.safetensors")
+    copy = next(name for name in weights if "base_layer" in name)
+    weights[copy] = weights[copy] + 0.01  # another base's embedding
+    save_file(weights, path / "adapter_model.safetensors")
+    with pytest.raises(AdapterRefused) as info:
+        eng.generate([request("x", "hi", adapter_ref(path, "another-copy"))])
     assert info.value.code == "adapter_base_mismatch"

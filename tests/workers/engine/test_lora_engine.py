@@ -7,6 +7,7 @@ import random
 import re
 import threading
 import time
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from registry.schemas import FinishReason, SamplingParams
-from tests.workers.engine_models import build_base, load_base, peft_alone, save_adapter
+from tests.workers.engine_models import EDGE_TARGETS, build_base, load_base, peft_alone, save_adapter
+from workers.contract.streams import Delta
 from workers.demo_model import DEMO_DIR as DEMO
 from workers.demo_model.skills import SKILLS, expected, random_text
 from workers.engine import EngineConfig, LoraEngine
@@ -59,9 +61,10 @@ def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(tmp_p
     base_dir = build_base(family, tmp_path / "base", seed=3)
     base = load_base(base_dir)
     targets = {"gpt2": ["c_attn", "c_fc"]}.get(family, ["q_proj", "v_proj", "down_proj"])
+    dora = {"use_dora": True, "target_modules": targets + EDGE_TARGETS[family]}  # on the embedding and LM head too
     paths = [
-        save_adapter(base, tmp_path / f"a{i}", seed=i, r=r, lora_alpha=2 * r, target_modules=targets)
-        for i, r in enumerate([2, 8])
+        save_adapter(base, tmp_path / "a0", seed=0, r=2, lora_alpha=4, target_modules=targets),
+        save_adapter(base, tmp_path / "a1", seed=1, r=8, lora_alpha=16, **dora),
     ]
     refs = [AdapterRef(key=f"a{i}", uri=str(p), sha256=_sha(p), name=f"a{i}") for i, p in enumerate(paths)]
     eng = LoraEngine(EngineConfig(base_model=base_dir, max_rows=4, max_loras=2, max_lora_rank=8, memory_budget_mb=64))
@@ -205,7 +208,7 @@ def test_a_missing_remote_adapter_fails_with_a_clear_error(tmp_path: Path) -> No
 
 def test_rows_beyond_the_kv_budget_wait_for_room_instead_of_running_out_of_memory() -> None:
     probe = demo_engine(max_rows=16, max_loras=4)  # the same slots as below: only the budget differs
-    fixed = probe.budget.weights + probe.budget.slots
+    fixed = probe.budget.weights + probe.budget.slots + probe.budget.merge_copy
     budget_mb = -(-fixed // 2**20) + 1  # about 1 MiB of KV cache: two or three long rows at a time
     running: list[int] = []
     eng = LoraEngine(
@@ -317,3 +320,29 @@ def test_rows_of_resident_adapters_go_before_a_row_needing_a_swap_until_it_has_w
         assert eng.adapter_loads() == 3  # rot13, upper, then rot13 once: not back and forth
     else:
         assert "swap" in steps[0]  # overdue at once: arrival order
+
+
+def test_streamed_rows_publish_deltas_that_begin_their_result_and_other_rows_publish_nothing() -> None:
+    published: list[Delta] = []
+    engine = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=4, max_loras=2, memory_budget_mb=256), deltas=published.extend
+    )
+    try:
+        upper = skill_ref("upper")
+        text = "streaming one token at a time"
+        results = engine.generate(
+            [
+                replace(req("plain", text, upper, max_tokens=64), stream=True),
+                replace(req("stopped", text, upper, max_tokens=64, stop=["TOKEN"]), stream=True),
+                req("quiet", text, upper, max_tokens=64),
+            ]
+        )
+    finally:
+        engine.close()
+    assert [r.text for r in results] == [text.upper(), "STREAMING ONE ", text.upper()]
+    for job, result in (("plain", results[0]), ("stopped", results[1])):
+        deltas = [d for d in published if d.job_id == job]
+        assert len(deltas) > 10 and [d.pos for d in deltas] == sorted(d.pos for d in deltas)
+        sent = "".join(d.text for d in deltas)
+        assert result.text.startswith(sent) and len(sent) >= len(result.text) - len("TOKEN")
+    assert not [d for d in published if d.job_id == "quiet"]

@@ -21,6 +21,22 @@ def test_the_budget_is_split_into_fixed_costs_activations_and_kv_tokens() -> Non
     assert "KV cache 3600 tokens" in b.describe()
 
 
+def test_the_merge_copy_is_a_fixed_cost_and_a_quantized_base_prints_its_saving() -> None:
+    b = plan(
+        budget=1000 * MIB,
+        weights=100 * MIB,
+        slots=100 * MIB,
+        merge_copy=300 * MIB,
+        kv_per_token=MIB // 8,
+        min_tokens=16,
+        quantized="int8",
+        full_weights=400 * MIB,
+    )
+    assert b.kv_tokens == (450 * MIB) // (MIB // 8)  # 1000 - 100 - 100 - 300, less 10 % for activations
+    assert "weights 100.0 (int8; 400.0 unquantized, saves 300.0)" in b.describe()
+    assert "merge copy 300.0" in b.describe()
+
+
 def test_a_budget_without_room_for_one_full_row_says_how_much_is_needed() -> None:
     with pytest.raises(BudgetTooSmall, match="at least") as info:
         plan(budget=500 * MIB, weights=400 * MIB, slots=100 * MIB, kv_per_token=1024, min_tokens=2048)

@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 import pytest
 
 from registry.schemas import FinishReason, GenerationResult, SamplingParams
+from workers.contract.streams import Delta
 from workers.engine.row import Row
 from workers.engine.scheduler import CANCEL_CHECK_EVERY, Scheduler
 from workers.generation import AdapterRef, GenRequest
@@ -61,6 +62,9 @@ class FakeRunner:
             prompt_tokens=len(row.prompt_ids),
             completion_tokens=len(row.tokens),
         )
+
+    def streamable(self, row: Row) -> str:
+        return "x" * len(row.tokens)
 
     def row_generator(self, sampling: SamplingParams) -> None:
         return None
@@ -111,9 +115,18 @@ class FakeAdapters:
         pass
 
 
-def row(job_id: str, *, prompt_tokens: int = 2, cap: int = 8, adapter: str | None = None, prompt: str = "") -> Row:
+def row(
+    job_id: str,
+    *,
+    prompt_tokens: int = 2,
+    cap: int = 8,
+    adapter: str | None = None,
+    prompt: str = "",
+    stream: bool = False,
+) -> Row:
     ref = AdapterRef(key=adapter, uri=f"/adapters/{adapter}", sha256="0" * 64, name=adapter) if adapter else None
-    req = GenRequest(job_id=job_id, prompt=prompt or job_id, sampling=SamplingParams(max_tokens=cap), adapter=ref)
+    sampling = SamplingParams(max_tokens=cap)
+    req = GenRequest(job_id=job_id, prompt=prompt or job_id, sampling=sampling, adapter=ref, stream=stream)
     return Row(index=0, req=req, prompt_ids=[1] * prompt_tokens, cap=cap, generator=None)
 
 
@@ -298,3 +311,35 @@ def test_a_row_that_finished_at_prefill_keeps_its_result_when_the_same_steps_dec
     assert mate.future.result().completion_tokens == 6
     assert quick.future.result().completion_tokens == 1
     assert sum(f.count("quick") for f in runner.forwards) == 1
+
+
+def test_only_streamed_rows_publish_their_new_text_after_each_forward_and_before_their_result() -> None:
+    published: list[list[Delta]] = []
+    streamed, quiet = row("streamed", cap=5, stream=True), row("quiet", cap=5)
+
+    def deltas(batch: Sequence[Delta]) -> None:
+        assert not streamed.future.done(), "a row's text must be out before its result"
+        published.append(list(batch))
+
+    sched = Scheduler(runner=FakeRunner(), adapters=FakeAdapters(), max_rows=8, kv_tokens=10_000, deltas=deltas)
+    sched.submit([streamed, quiet])
+    run_until_idle(sched)
+    assert [[(d.job_id, d.pos, d.text) for d in batch] for batch in published] == [
+        [("streamed", i, "x")]
+        for i in range(5)  # one call per forward, the quiet row never in it
+    ]
+    assert quiet.future.result().completion_tokens == 5
+
+
+def test_a_streamed_row_run_again_alone_publishes_its_text_again_from_the_start() -> None:
+    published: list[Delta] = []
+    runner = DecodeCrashes()
+    runner.armed = True
+    sched = Scheduler(runner=runner, adapters=FakeAdapters(), max_rows=8, kv_tokens=10_000, deltas=published.extend)
+    streamed = row("streamed", cap=3, stream=True)
+    sched.submit([streamed])
+    sched.receive(block=False)
+    sched.step()  # its prefill publishes "x" at 0, then the decode fails: it runs again alone
+    runner.armed = False
+    run_until_idle(sched)
+    assert [(d.pos, d.text) for d in published] == [(0, "x"), (0, "x"), (1, "x"), (2, "x")]

@@ -1,0 +1,37 @@
+"""LoRA on the input embedding, per row: PEFT's ``lora_embedding_A``/``lora_embedding_B`` in mixed batches.
+
+An embedding's LoRA is a lookup, not a matmul: row ``i`` of slot ``s`` with
+token ids ``t`` gets ``lora_a[s][t] @ lora_b[s]``, where ``lora_a[s]`` is
+``lora_embedding_A`` transposed ([vocab, r]) and ``lora_b[s]`` is
+``lora_embedding_B`` transposed and scaled ([r, dim]). The lookup reads one
+row of ``A`` per token, so it runs per row (a gather on ``slot * vocab + t``
+and one ``bmm``), with no grouping: it costs a few index ops per step
+against the decoder's matmuls.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workers.engine.layers import LoRABatch, SlotLayer
+
+
+class MixedEmbedding(SlotLayer):
+    """An ``nn.Embedding`` [vocab, dim] with every slot's LoRA; ``in`` is the vocabulary, ``out`` the dim."""
+
+    def __init__(self, base: nn.Embedding, *, slots: int, r_max: int, batch: LoRABatch) -> None:
+        vocab, dim = base.weight.shape
+        super().__init__(base, in_f=int(vocab), out_f=int(dim), transposed=True, slots=slots, r_max=r_max, batch=batch)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: token ids [rows, steps] -> [rows, steps, dim]."""
+        batch = self.batch
+        assert batch.row_slots is not None
+        ids = x.reshape(batch.rows, -1)
+        flat = (batch.row_slots.unsqueeze(1) * self.in_features + ids).reshape(-1)
+        after_a = self.lora_a.view(-1, self.r_max).index_select(0, flat)[:, : batch.rank]  # [rows * steps, r]
+        b = self.lora_b[:, : batch.rank, :].index_select(0, batch.row_slots)  # [rows, r, dim]
+        d = torch.bmm(after_a.view(batch.rows, ids.shape[1], -1), b)
+        scale: torch.Tensor | None = getattr(self.base, "embed_scale", None)  # Gemma-style scaled embeddings
+        return d if scale is None else d * scale.to(d.dtype)
