@@ -22,8 +22,10 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def render(body: dict[str, Any]) -> Group:
-    """The three tables of a status answer (``GET /v1/admin/status``)."""
-    return Group(_queues(body["queues"]), _workers(body["workers"]), _routes(body["routes"]))
+    """The three tables of a status answer (``GET /v1/admin/status``), and the webhook deliveries."""
+    hooks = body.get("webhooks", {})
+    line = f"webhooks: {hooks.get('pending', 0)} pending, {hooks.get('failed', 0)} failed"
+    return Group(_queues(body["queues"]), _workers(body["workers"]), _routes(body["routes"]), line)
 
 
 def _queues(rows: list[dict[str, Any]]) -> Table:

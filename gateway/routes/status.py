@@ -1,4 +1,5 @@
-"""``GET /v1/admin/status``: queues, workers and routes in one answer (admin), for ``loraq status``."""
+"""``GET /v1/admin/status``: queues, workers, routes and webhook deliveries in one answer (admin), for
+``loraq status``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from gateway.deps import AdminTenant, SessionsDep, SettingsDep
-from registry import status
+from registry import status, webhooks
 from registry.adapters import active_adapter_names
 from registry.models import utcnow
 from workers.contract import backlog, heartbeat
@@ -32,6 +33,7 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
         activity = status.workers(session, now=now)
         routes = status.routes(session, now=now)
         routed = set(active_adapter_names(session))
+        hooks = webhooks.backlog(session)
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
     try:
         indexed = [adapter for adapter, _ in backlog.waiting(client, limit=STATUS_MAX_QUEUES)]
@@ -84,4 +86,5 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
             }
             for r in routes
         ],
+        "webhooks": hooks,  # deliveries pending (retries included) and failed
     }

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from rich.console import Console
 from standardwebhooks.webhooks import Webhook
 
+from gateway.cli_status import render
 from tests.gateway.test_bad_input import make_gateway
 from tests.gateway.test_batch_api import jsonl, upload
 from tests.gateway.webhooks.receiver import receiver
@@ -76,6 +78,11 @@ def test_a_refusing_receiver_is_not_retried(gateway: TestClient) -> None:
         time.sleep(0.3)
         assert len(hook.got) == 1
     assert failed["last_status"] == 410 and failed["attempts"] == 1
+    status = gateway.get("/v1/admin/status").json()
+    assert status["webhooks"] == {"pending": 0, "failed": 1}  # what `loraq status` shows operators
+    console = Console(width=200, record=True)
+    console.print(render(status))
+    assert "webhooks: 0 pending, 1 failed" in console.export_text()
 
 
 def test_a_receiver_that_never_answers_does_not_delay_the_others(gateway: TestClient) -> None:
