@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.batch_ingest import Ingester
 from gateway.limits import ModelLimits
+from gateway.loop import Loop
 from gateway.settings import GatewaySettings
 from registry import batches, webhooks
 from registry.batch_output import finalize
@@ -26,7 +26,7 @@ from workers.contract.messages import Publisher
 log = logging.getLogger(__name__)
 
 
-class BatchSupervisor:
+class BatchSupervisor(Loop):
     def __init__(
         self,
         *,
@@ -35,6 +35,7 @@ class BatchSupervisor:
         settings: GatewaySettings,
         limits: ModelLimits,
     ) -> None:
+        super().__init__("batches", interval_s=settings.batch_poll_s)
         self.sessions = sessions
         self.settings = settings
         self.on_event: Callable[[], None] | None = None  # told when a batch's end recorded webhook deliveries
@@ -42,43 +43,13 @@ class BatchSupervisor:
         self.ingester = Ingester(
             sessions=sessions, publisher=publisher, settings=settings, limits=limits, owner=self.owner
         )
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the loop (again, after a stop: an app's lifespan may run more than once)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="loraq-batches", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        """A batch was created: start on it now rather than at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a database or Redis outage: log, and try again next poll
-                log.warning("batch pass failed; retrying in %.1fs", self.settings.batch_poll_s, exc_info=True)
-            self._wake.wait(self.settings.batch_poll_s)
-            self._wake.clear()
 
     def tick(self) -> None:
         """One pass over every unfinished batch."""
         with self.sessions() as session:
             ingest = batches.to_ingest(session)
         for batch_id in ingest:
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             self.ingester.run(batch_id)
         with self.sessions() as session:

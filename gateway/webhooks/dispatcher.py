@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.loop import Loop
 from gateway.webhooks.schedule import RetryPolicy, retryable
 from gateway.webhooks.sender import Attempt, attempt, make_client
 from registry import webhooks
@@ -28,7 +29,7 @@ from registry.models import utcnow
 log = logging.getLogger(__name__)
 
 
-class Dispatcher:
+class Dispatcher(Loop):
     def __init__(
         self,
         *,
@@ -39,45 +40,16 @@ class Dispatcher:
         poll_s: float = 0.5,
         policy: RetryPolicy | None = None,
     ) -> None:
+        super().__init__("webhooks", interval_s=poll_s)
         self.sessions = sessions
         self.allow = list(allow)
         self.senders = senders
-        self.poll_s = poll_s
         self.policy = policy or RetryPolicy()
         self.lease = timedelta(seconds=timeout_s + 30)  # past one attempt's longest time, with room
         self.client = make_client(timeout_s=timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="loraq-webhook")
         self._busy = 0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="loraq-webhooks", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        """Something was just recorded: look now rather than at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a database outage: try again next poll
-                log.warning("webhook pass failed; retrying in %.1fs", self.poll_s, exc_info=True)
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
 
     def tick(self) -> int:
         """Claim what is due, up to the free sender threads, and start each attempt; returns how many."""
@@ -115,7 +87,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._busy -= 1
-            self._wake.set()  # a thread is free: claim the next one now
+            self.wake()  # a thread is free: claim the next one now
 
     def _settle(self, delivery: webhooks.Due, outcome: Attempt) -> None:
         attempts = delivery.attempts + 1
