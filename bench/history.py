@@ -2,8 +2,8 @@
 
 For each database (SQLite, PostgreSQL), two fresh registries side by side in one run: one holding
 40 finished job rows of one tenant, one holding ``--rows`` (default 1,000,000), created over the
-last 20 hours (COPY on PostgreSQL, executemany on SQLite, then the rollups counted by migration
-0006's backfill, as an upgraded database has them). A gateway app runs in this process (FastAPI's
+last 20 hours (COPY on PostgreSQL, executemany on SQLite), behind the registry's back, as a database
+upgraded across 0006 holds them: its rollups empty, its backfill pending. A gateway app runs in this process (FastAPI's
 TestClient, a private Redis, no workers) and each request is timed ``--repeat`` times after a
 warm-up; the median at ``--rows`` over the median at 40 is its slowdown:
 
@@ -12,6 +12,13 @@ warm-up; the median at ``--rows`` over the median at 40 is its slowdown:
 - ``usage_slowdown_1m``: ``GET /v1/usage`` by the tenant (the last 24 hours: every row is in it);
 - ``post_with_quota_slowdown_1m``: ``POST /v1/jobs`` by the tenant, which has both quotas;
 - ``stats_slowdown_1m``: ``GET /v1/adapters/{name}/stats``.
+
+First the rollup backfill (``registry.backfill``, at the gateway's default pace: 1,000 jobs a step
+and a pause at least as long between steps) counts the ``--rows`` jobs on a thread while requests
+(``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` in turn) are timed; the requests above are timed after it:
+
+- ``backfill_jobs_per_s``: jobs it counted per second;
+- ``backfill_p99_ratio``: the requests' p99 latency during it over their p99 just before it.
 
 Then the retention purge deletes every one of the ``--rows`` jobs (the app's own purge, one pass
 run on a thread of the gateway's process as its purger runs it, "40 days later", at the default
@@ -29,7 +36,6 @@ One JSON line per figure; ``--rows 100000`` runs in a few minutes on two cores::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import threading
@@ -51,9 +57,10 @@ from sqlalchemy import Connection, Engine, insert, select, text
 from gateway.app import create_app
 from gateway.processes import start_redis
 from gateway.settings import GatewaySettings
-from registry import ids
-from registry.db import make_engine
-from registry.migrate import MIGRATIONS, upgrade
+from registry import backfill, ids
+from registry.backfill import Progress
+from registry.db import make_engine, session_factory, transaction
+from registry.migrate import upgrade
 from registry.models import AdapterVersion, Job, Tenant, utcnow
 from registry.retention import Purged
 from registry.settings import DatabaseSettings
@@ -112,17 +119,9 @@ def write_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         conn.execute(insert(Job), [dict(zip(COLUMNS, row, strict=True)) for row in rows])
 
 
-def backfill_rollups(conn: Connection) -> None:
-    """Count the rows into the rollups as migration 0006 counts an existing table."""
-    spec = importlib.util.spec_from_file_location("rollups_0006", MIGRATIONS / "versions" / "0006_rollups.py")
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    migration.backfill(conn, chunk=20_000)
-
-
 def seed(engine: Engine, rows: int) -> float:
-    """Write ``rows`` finished jobs of ``busy`` and their rollups; returns the seconds it took."""
+    """Write ``rows`` finished jobs of ``busy`` behind the registry's back, and mark them to be
+    counted (as a database upgraded across 0006 has them); returns the seconds it took."""
     started, now = time.perf_counter(), utcnow()
     with engine.begin() as conn:
         tenant_id = conn.scalar(select(Tenant.id).where(Tenant.name == "busy"))
@@ -130,7 +129,8 @@ def seed(engine: Engine, rows: int) -> float:
         assert tenant_id is not None and version is not None
         for start in range(0, rows, PAGE):
             write_rows(conn, job_rows(tenant_id, version, start, min(PAGE, rows - start), now))  # type: ignore[arg-type]
-        backfill_rollups(conn)
+    with transaction(session_factory(engine)) as session:
+        backfill.recount(session)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
@@ -152,6 +152,7 @@ def registry(kind: str, rows: int, home: Path, redis_url: str) -> Iterator[Regis
         db=DatabaseSettings(home=home, database_url=url),
         retention_days=30,
         purge_interval_s=3600,  # the bench runs the pass itself
+        rollup_backfill=False,  # and the backfill
     )
     engine = make_engine(url)
     try:
@@ -161,7 +162,7 @@ def registry(kind: str, rows: int, home: Path, redis_url: str) -> Iterator[Regis
             admin.put("/v1/admin/tenants/busy", json=quotas).raise_for_status()
             key = admin.post("/v1/admin/keys", json={"tenant": "busy"}).json()["key"]
             seconds = seed(engine, rows)
-            print(f"{kind}: {rows} rows written and counted in {seconds:.1f}s", flush=True)
+            print(f"{kind}: {rows} rows written in {seconds:.1f}s", flush=True)
             busy = TestClient(admin.app, headers={"Authorization": f"Bearer {key}"})
             yield Registry(kind=kind, rows=rows, admin=admin, busy=busy, engine=engine)
     finally:
@@ -233,10 +234,31 @@ def purge_under_traffic(reg: Registry) -> tuple[Purged, float, list[float], list
     return done[0], elapsed, before, during
 
 
+def backfill_under_traffic(reg: Registry) -> tuple[Progress, float, list[float], list[float]]:
+    """(the backfill's end, its seconds, latencies before it, latencies during it), at the gateway's
+    default pace."""
+    before = timed_traffic(reg, until=lambda: True, at_least=1000)
+    settings = GatewaySettings()
+    sessions = session_factory(reg.engine)
+    done: list[Progress] = []
+    step = lambda: done.append(  # noqa: E731
+        backfill.run(sessions, chunk=settings.backfill_chunk_rows, pause_s=settings.backfill_pause_s)
+    )
+    worker = threading.Thread(target=step)
+    started = time.perf_counter()
+    worker.start()
+    during = timed_traffic(reg, until=lambda: not worker.is_alive(), at_least=50)
+    worker.join()
+    return done[0], time.perf_counter() - started, before, during
+
+
 def run(kind: str, rows: int, repeat: int, home: Path, redis_url: str) -> None:
     with registry(kind, SMALL, home / f"{kind}-small", redis_url) as small:
+        backfill.run(session_factory(small.engine))
         small_s = medians(small, repeat)
     with registry(kind, rows, home / f"{kind}-large", redis_url) as large:
+        counted, backfill_s, quiet, busy = backfill_under_traffic(large)
+        print(f"{kind}: {counted.counted} rows counted by the backfill in {backfill_s:.1f}s", flush=True)
         large_s = medians(large, repeat)
         purged, seconds, before, during = purge_under_traffic(large)
         policy = large.admin.app.state.purger.purge.policy  # type: ignore[attr-defined]
@@ -251,6 +273,23 @@ def run(kind: str, rows: int, repeat: int, home: Path, redis_url: str) -> None:
             goal=f"<= {goals.get(name, 1.5)}",
             **common,
         )
+    emit(
+        "backfill_jobs_per_s",
+        counted.counted / backfill_s,
+        jobs=counted.counted,
+        seconds=round(backfill_s, 1),
+        **common,
+    )
+    emit(
+        "backfill_p99_ratio",
+        p99(busy) / p99(quiet),
+        p99_ms_during=round(p99(busy) * 1000, 2),
+        p99_ms_without=round(p99(quiet) * 1000, 2),
+        requests_during=len(busy),
+        requests_without=len(quiet),
+        goal="<= 2",
+        **common,
+    )
     emit(
         "purge_rows_per_s",
         purged.rows / seconds,

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import errors, metrics
+from gateway.backfiller import Backfiller
 from gateway.batch_supervisor import BatchSupervisor
 from gateway.body_limit import BodyLimit
 from gateway.job_events import JobEvents
@@ -30,12 +31,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batches.start()
         app.state.purger.start()
+        if settings.rollup_backfill:
+            app.state.backfiller.start()
         app.state.webhooks.start()
         app.state.job_events.start()
         yield
         app.state.job_events.stop()
         app.state.batches.stop()
         app.state.purger.stop()
+        app.state.backfiller.stop()
         app.state.webhooks.stop()
         engine.dispose()
 
@@ -60,6 +64,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.purger = Purger(
         sessions=app.state.sessions, policy=settings.retention(), interval_s=settings.purge_interval_s
+    )
+    app.state.backfiller = Backfiller(
+        sessions=app.state.sessions, chunk=settings.backfill_chunk_rows, pause_s=settings.backfill_pause_s
     )
     app.state.webhooks = Dispatcher(
         sessions=app.state.sessions,

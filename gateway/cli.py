@@ -109,6 +109,57 @@ def db_upgrade() -> None:
     url = DatabaseSettings().url()
     upgrade(url)
     console.print(f"database at head: {url}")
+    left = _backfill_left(url)
+    if left:
+        console.print(
+            f"{left} existing jobs are not in the rollups yet: the gateways count them in the background "
+            "(LORAQ_ROLLUP_BACKFILL), or run `loraq db backfill` once no older gateway or worker runs."
+        )
+
+
+@db_app.command("backfill")
+def db_backfill(
+    chunk: Annotated[int, typer.Option(min=1, max=50_000, help="Jobs counted per transaction.")] = 1000,
+    recount: Annotated[
+        bool,
+        typer.Option(
+            help="Empty the rollups and count every job again: the repair after an older gateway or worker "
+            "changed jobs. Counts of jobs already purged are lost."
+        ),
+    ] = False,
+) -> None:
+    """Count the jobs the database held before its rollups existed into them (resumable; gateways do the
+    same in the background unless LORAQ_ROLLUP_BACKFILL=false)."""
+    from registry import backfill
+    from registry.db import make_engine, session_factory, transaction
+
+    url = DatabaseSettings().url()
+    engine = make_engine(url)
+    try:
+        sessions = session_factory(engine)
+        with transaction(sessions) as session:
+            if recount:
+                backfill.recount(session)
+        with transaction(sessions) as session:
+            left = backfill.remaining(session)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("counting jobs into the rollups", total=left)
+            done = backfill.run(sessions, chunk=chunk, on_step=lambda p: progress.advance(task, p.step_rows))
+        console.print(f"rollups cover every job ({done.counted} counted by the backfill)")
+    finally:
+        engine.dispose()
+
+
+def _backfill_left(url: str) -> int:
+    from registry import backfill
+    from registry.db import make_engine, session_factory, transaction
+
+    engine = make_engine(url)
+    try:
+        with transaction(session_factory(engine)) as session:
+            return backfill.remaining(session)
+    finally:
+        engine.dispose()
 
 
 @adapters_app.command("add")

@@ -29,6 +29,8 @@ class Purger(Loop):
 
     def run_once(self) -> Purged:
         purged = self.purge.run()
+        if purged.waiting_for_backfill:
+            log.info("purge waits: the rollups are still counting the existing jobs (loraq db backfill)")
         if purged.rows or purged.expired_outputs:
             log.info(
                 "purged %d jobs, %d batches, %d files, %d webhook deliveries, %d minute buckets; %d batch outputs "

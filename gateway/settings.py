@@ -88,6 +88,19 @@ class GatewaySettings(BaseSettings):
         description="The purge's pause between transactions (at least as long as the last one took): requests and "
         "workers go first.",
     )
+    rollup_backfill: bool = Field(
+        default=True,
+        description="Count the jobs a database held before its rollups existed (an upgrade across 0006) into "
+        "them in the background. Turn off while older gateways or workers still run; `loraq db backfill` then "
+        "does it by hand.",
+    )
+    backfill_chunk_rows: int = Field(default=1000, ge=1, le=50_000, description="Jobs the backfill counts per step.")
+    backfill_pause_s: float = Field(
+        default=0.025,
+        ge=0,
+        le=10,
+        description="The backfill's pause between steps (at least as long as the last one took).",
+    )
     db: DatabaseSettings = Field(default_factory=DatabaseSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)  # Redis URL, chunk size: the workers read the same
 

@@ -293,6 +293,7 @@ def _job_row(batch: BatchRow, line: BatchLine, resolved: ResolvedAdapter, now: d
 def _created(row: dict[str, Any]) -> Change:
     """A bulk line's job just inserted: it counts as live, and reserves no tokens (``registry.quotas``)."""
     return Change(
+        job_id=row["id"],
         tenant_id=row["tenant_id"],
         adapter_id=row["adapter_id"],
         version_id=row["version_id"],

@@ -328,6 +328,26 @@ class JobMinute(EndedBucket, Base):
     __tablename__ = "job_minutes"
 
 
+class RollupBackfill(Base):
+    """How far the rollups cover the jobs table (one row, ``id`` 1; ``registry.backfill``).
+
+    A database upgraded across ``0006_rollups`` with jobs in it starts ``pending``: its rollups are
+    empty, and gateways count the existing jobs into them in the background, newest first, while
+    serving. A job is *covered* (its changes move the rollups) when the state is ``complete``, or
+    ``running`` and its id is above ``high`` (created after the backfill began) or at or above
+    ``floor`` (already counted). Uncovered jobs are counted as they are when the backfill reaches them.
+    """
+
+    __tablename__ = "rollup_backfill"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | running | complete
+    high: Mapped[str | None] = mapped_column(String(36), default=None)  # the greatest job id when it began
+    floor: Mapped[str | None] = mapped_column(String(36), default=None)  # the least job id counted so far
+    counted: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class ShadowAgreement(Base):
     """How often a version, run as a shadow, answered exactly what its primary answered: counted when
     the second of the pair succeeds (``registry.shadows``)."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, delete, exists, func, or_, select, true, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from registry import files, leases, purge_marks
+from registry import coverage, files, leases, purge_marks
 from registry.db import transaction
 from registry.models import BatchLineError, BatchRow, FileRow, Job, JobMinute, WebhookDelivery, utcnow
 from registry.purge_marks import Kind
@@ -73,6 +73,7 @@ class Purged:
     expired_outputs: int = 0  # batches whose output files expired
     chunks: int = 0
     finished: bool = True
+    waiting_for_backfill: bool = False  # retention due, but the rollups do not hold the history yet
 
     @property
     def rows(self) -> int:
@@ -138,6 +139,8 @@ class Purge:
         try:
             self._loop(out, lambda s: self._expire_output(s, now, out))
             cutoff = self.policy.cutoff(now)
+            if cutoff is not None and not self._history_counted():
+                out.waiting_for_backfill, cutoff = True, None
             if cutoff is not None:
                 jobs, deliveries, minutes = Cursor(), Cursor(), Cursor()
                 self._loop(out, lambda s: self._jobs(s, cutoff, out, jobs))
@@ -151,6 +154,12 @@ class Purge:
             with transaction(self.sessions) as session:
                 leases.release(session, name=LEASE, owner=self.owner)
         return out
+
+    def _history_counted(self) -> bool:
+        """Whether the rollups hold every job's counts (``registry.backfill``): until then a job
+        deleted would be lost from the history, so nothing is purged."""
+        with transaction(self.sessions) as session:
+            return coverage.read(session).complete
 
     def _loop(self, out: Purged, step: Callable[[Session], Step]) -> None:
         while out.finished:

@@ -39,6 +39,7 @@ _ENDED = frozenset(s.value for s in TERMINAL_STATUSES)
 class Change:
     """One job moving from ``old`` to ``new`` status, with what the counters need of it."""
 
+    job_id: str
     tenant_id: int
     adapter_id: int
     version_id: int

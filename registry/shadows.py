@@ -4,6 +4,8 @@ job answered, counted once per pair when the second of the two succeeds (``shado
 Whichever of the pair is recorded second does the counting. Both transactions lock the primary row
 (the primary's own recording changes it; the shadow's locks it, ``registry.transitions.lock_live``),
 so the second waits for the first to commit and then sees it: each pair is counted exactly once.
+A pair is its shadow's: while the rollup backfill runs it is counted only if the shadow job is
+covered (``registry.coverage``), else by the backfill when it reaches the shadow.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import counters
+from registry import counters, coverage
 from registry.models import Job, ShadowAgreement
 from registry.schemas import JobStatus
 from registry.transitions import Live
@@ -46,6 +48,9 @@ def count_agreement(session: Session, succeeded: Sequence[tuple[Live, str | None
             )
         ).all():
             pairs[shadow_id] = (version_id, same(text, texts[str(primary_id)]))
+    if pairs:  # a pair belongs to its shadow: counted by the backfill if the shadow is not covered yet
+        cover = coverage.covered(session, pairs)
+        pairs = {shadow_id: pair for shadow_id, pair in pairs.items() if shadow_id in cover}
     deltas: dict[tuple[int], dict[str, int]] = {}
     for version_id, identical in pairs.values():
         row = deltas.setdefault((version_id,), {"compared": 0, "identical": 0})

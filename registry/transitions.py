@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from registry import quotas, rollups
+from registry import coverage, quotas, rollups
 from registry.db import write_lock
 from registry.models import Job, Tenant
 from registry.rollups import Change
@@ -91,6 +91,7 @@ def created(job: Job) -> Change:
 
 def _change(job: Live | Job, *, old: str | None, new: str | None, finished_at: datetime | None = None) -> Change:
     return Change(
+        job_id=job.id,
         tenant_id=job.tenant_id,
         adapter_id=job.adapter_id,
         version_id=job.version_id,
@@ -105,14 +106,27 @@ def _change(job: Live | Job, *, old: str | None, new: str | None, finished_at: d
 
 def admit(session: Session, *, tenant: Tenant, change: Change) -> None:
     """Count a job the tenant just submitted, if its quotas admit it (else
-    :class:`~registry.errors.QuotaExceeded`, and the caller's transaction rolls the job back)."""
+    :class:`~registry.errors.QuotaExceeded`, and the caller's transaction rolls the job back).
+    A job the rollups do not cover yet (an id below the backfill's start) is counted by the
+    backfill instead, unchecked: only ids minted on a clock behind the backfill's start can be."""
+    if not coverage.covered(session, [change.job_id]):
+        return
     quotas.admit(session, tenant=tenant, change=change)
     rollups.apply(session, [change])
 
 
 def apply(session: Session, changes: Iterable[Change]) -> None:
     """Count changes that need no admission: bulk lines created, shadows created, jobs started,
-    ended or discarded."""
-    changes = list(changes)
+    ended or discarded (those of jobs the rollups cover, ``registry.coverage``)."""
+    changes = counted(session, changes)
     quotas.count(session, changes)
     rollups.apply(session, changes)
+
+
+def counted(session: Session, changes: Iterable[Change]) -> list[Change]:
+    """The changes of jobs the rollups cover; the others' are the backfill's to count."""
+    changes = list(changes)
+    if not changes:
+        return changes
+    cover = coverage.covered(session, {c.job_id for c in changes})
+    return [c for c in changes if c.job_id in cover]

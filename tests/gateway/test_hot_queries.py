@@ -18,7 +18,6 @@ turned the purge's oldest-jobs read into a whole-table scan with its index in pl
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -31,8 +30,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import ids
-from registry.migrate import MIGRATIONS
+from registry import backfill, ids
+from registry.db import session_factory as make_session_factory
+from registry.db import transaction
 from registry.models import AdapterVersion, BatchRow, FileRow, Job, Tenant, utcnow
 from tests.gateway.test_bad_input import make_gateway
 
@@ -100,13 +100,12 @@ def _reads_all(node: dict[str, Any], leading: dict[str, str]) -> bool:
 
 
 def backfill_rollups(engine: Engine) -> None:
-    """Count job rows inserted behind the registry's back into the rollups, as migration 0006 does."""
-    spec = importlib.util.spec_from_file_location("rollups_0006", MIGRATIONS / "versions" / "0006_rollups.py")
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    with engine.begin() as conn:
-        migration.backfill(conn, chunk=10_000)
+    """Count job rows inserted behind the registry's back into the rollups, as an upgraded database's
+    backfill does."""
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:
+        backfill.recount(session)
+    assert backfill.run(sessions, chunk=10_000).complete
 
 
 def seed(sessions: sessionmaker[Session], engine: Engine, tenant_name: str) -> str:

@@ -1,4 +1,5 @@
-"""The Alembic migration is the schema: it round-trips, matches the models, and backfills the rollups."""
+"""The Alembic migration is the schema: it round-trips, matches the models, and leaves existing jobs to
+the online rollup backfill."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from registry.adapters import ensure_base_model
+from registry import backfill, coverage
+from registry.adapters import ensure_base_model, resolve
 from registry.db import make_engine, transaction
 from registry.db import session_factory as make_session_factory
+from registry.jobs import create_job, new_job_id
 from registry.keys import ensure_tenant
-from registry.migrate import alembic_config, downgrade, upgrade
+from registry.migrate import downgrade, upgrade
 from registry.models import AdapterVersion, Base, UTCDateTime, utcnow
+from registry.schemas import JobCreate
 from tests.registry.test_adapters_and_jobs import World, register
 from tests.registry.test_rollups import recount, rollup_tables
 
@@ -93,28 +96,62 @@ def _jobs_at_0005(
     return rows
 
 
-def test_the_upgrade_backfills_rollups_that_equal_a_recount(empty_db_url: str) -> None:
-    upgrade(empty_db_url, "0005")
+def _registry_at_0005(url: str, engine: Engine, n: int) -> None:
+    upgrade(url, "0005")
+    with transaction(make_session_factory(engine)) as s:
+        world = World(
+            admin=ensure_tenant(s, name="ops", is_admin=True),
+            acme=ensure_tenant(s, name="acme"),
+            globex=ensure_tenant(s, name="globex"),
+            base=ensure_base_model(s, name="loraq/demo-base", path="/srv/models/demo-base"),
+        )
+        upper, rot13 = register(s, world, "upper"), register(s, world, "rot13")
+    rows = _jobs_at_0005(world, upper, rot13, n=n, seed=5)
+    with engine.begin() as conn:
+        conn.execute(JOBS_AT_0005.insert(), rows)
+
+
+def test_the_upgrade_leaves_existing_jobs_to_a_backfill_that_then_equals_a_recount(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     try:
-        with transaction(make_session_factory(engine)) as s:
+        _registry_at_0005(empty_db_url, engine, n=60)
+        upgrade(empty_db_url)
+        sessions = make_session_factory(engine)
+        with engine.connect() as conn:
+            assert not any(rollup_tables(conn).values())  # the upgrade counted nothing: it does not grow with jobs
+        with transaction(sessions) as s:
+            assert coverage.read(s).state == coverage.PENDING and backfill.remaining(s) == 60
+        assert backfill.run(sessions, chunk=7).complete  # many pages; shadows and primaries in different ones
+        with engine.connect() as conn:
+            counted = rollup_tables(conn)
+            assert counted == recount(conn)
+        assert counted["job_hours"] and counted["shadow_agreement"] and counted["tenant_live_jobs"]
+    finally:
+        engine.dispose()
+
+
+def test_a_database_without_jobs_or_already_counted_needs_no_backfill(empty_db_url: str) -> None:
+    upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
+    sessions = make_session_factory(engine)
+    try:
+        with transaction(sessions) as s:
+            assert coverage.read(s).complete  # no jobs
+        with transaction(sessions) as s:  # jobs counted as they were made (0006 as first released counted them)
             world = World(
                 admin=ensure_tenant(s, name="ops", is_admin=True),
                 acme=ensure_tenant(s, name="acme"),
                 globex=ensure_tenant(s, name="globex"),
                 base=ensure_base_model(s, name="loraq/demo-base", path="/srv/models/demo-base"),
             )
-            upper, rot13 = register(s, world, "upper"), register(s, world, "rot13")
-        rows = _jobs_at_0005(world, upper, rot13, n=60, seed=5)
-        with engine.begin() as conn:
-            conn.execute(JOBS_AT_0005.insert(), rows)
-        config = alembic_config(empty_db_url)
-        config.attributes["rollups_backfill_chunk"] = 7  # many pages; shadows and primaries in different ones
-        command.upgrade(config, "0006_rollups")
-        with engine.connect() as conn:
-            backfilled = rollup_tables(conn)
-            assert backfilled == recount(conn)
-        assert backfilled["job_hours"] and backfilled["shadow_agreement"] and backfilled["tenant_live_jobs"]
+            register(s, world, "upper")
+            resolved = resolve(s, tenant=world.acme, name="upper", routing_key="k")
+            request = JobCreate(adapter="upper", prompt="hi", max_tokens=2)
+            create_job(s, tenant=world.acme, request=request, resolved=resolved, job_id=new_job_id())
+        downgrade(empty_db_url, "0008_retention")
+        upgrade(empty_db_url)
+        with transaction(sessions) as s:
+            assert coverage.read(s).complete
     finally:
         engine.dispose()
 

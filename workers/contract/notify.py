@@ -194,7 +194,7 @@ class DoneSubscriber:
             health_check_interval=HEALTH_CHECK_S,
             retry=Retry(NoBackoff(), 0),
         )
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
         try:
             pubsub.subscribe(DONE_CHANNEL)
             while not self.connected and not self._stop.is_set():  # confirmed: from here on nothing is missed
