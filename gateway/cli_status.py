@@ -25,6 +25,12 @@ def render(body: dict[str, Any]) -> Group:
     """The three tables of a status answer (``GET /v1/admin/status``), and the webhook deliveries."""
     hooks = body.get("webhooks", {})
     line = f"webhooks: {hooks.get('pending', 0)} pending, {hooks.get('failed', 0)} failed"
+    rollups = body.get("rollups", {})
+    if rollups.get("backfill", "complete") != "complete":
+        line += (
+            f"\nrollups: {rollups['backfill']}, {rollups.get('counted', 0)} existing jobs counted so far "
+            "(counts and usage are short until it completes)"
+        )
     return Group(_queues(body["queues"]), _workers(body["workers"]), _routes(body["routes"]), line)
 
 

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import status, webhooks
+from registry import coverage, status, webhooks
 from registry.models import BatchRow, utcnow
 from workers.contract import backlog, heartbeat
 from workers.contract.broker import read_states
@@ -69,7 +69,13 @@ class FleetCollector(Collector):
         hooks = _gauge(
             "loraq_webhook_deliveries", "Webhook deliveries pending (retries included) and failed.", "status"
         )
+        backfill = _gauge(
+            "loraq_rollups_backfill_complete",
+            "0 while the jobs held before an upgrade across 0006 are still being counted into the rollups "
+            "(job counts and usage are short until then), else 1.",
+        )
         with self.sessions() as session:
+            backfill.add_metric([], int(coverage.read(session).complete))
             for state, count in webhooks.backlog(session).items():
                 hooks.add_metric([state], count)
             for name, version, state, count in session.execute(status.job_counts()).all():
@@ -79,7 +85,7 @@ class FleetCollector(Collector):
                     oldest.add_metric([queue.adapter], queue.oldest_wait_s)
             for state, count in session.execute(select(BatchRow.status, func.count()).group_by(BatchRow.status)):
                 batches.add_metric([state], count)
-        return [jobs, oldest, batches, hooks]
+        return [jobs, oldest, batches, hooks, backfill]
 
     def _redis(self) -> list[GaugeMetricFamily]:
         messages = _gauge(

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from gateway.deps import AdminTenant, SessionsDep, SettingsDep
-from registry import status, webhooks
+from registry import coverage, status, webhooks
 from registry.adapters import active_adapter_names
 from registry.models import utcnow
 from workers.contract import backlog, heartbeat
@@ -34,6 +34,7 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
         routes = status.routes(session, now=now)
         routed = set(active_adapter_names(session))
         hooks = webhooks.backlog(session)
+        counted = coverage.read(session)
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
     try:
         indexed = [adapter for adapter, _ in backlog.waiting(client, limit=STATUS_MAX_QUEUES)]
@@ -87,4 +88,6 @@ def _read(sessions: SessionsDep, redis_url: str) -> dict[str, Any]:
             for r in routes
         ],
         "webhooks": hooks,  # deliveries pending (retries included) and failed
+        # after an upgrade across 0006: existing jobs still being counted into the rollups (counts are short)
+        "rollups": {"backfill": counted.state, "counted": counted.counted},
     }
