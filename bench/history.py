@@ -13,7 +13,7 @@ warm-up; the median at ``--rows`` over the median at 40 is its slowdown:
 - ``post_with_quota_slowdown_1m``: ``POST /v1/jobs`` by the tenant, which has both quotas;
 - ``stats_slowdown_1m``: ``GET /v1/adapters/{name}/stats``.
 
-First the rollup backfill (``registry.backfill``, at the gateway's default pace: 1,000 jobs a step
+First the rollup backfill (``registry.backfill``, at the gateway's default pace: 250 jobs a step
 and a pause at least as long between steps) counts the ``--rows`` jobs on a thread while requests
 (``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` in turn) are timed; the requests above are timed after it:
 
