@@ -73,7 +73,7 @@ class Purged:
     expired_outputs: int = 0  # batches whose output files expired
     chunks: int = 0
     finished: bool = True
-    waiting_for_backfill: bool = False  # retention due, but the rollups do not hold the history yet
+    waiting_for_backfill: bool = False  # nothing purged: the rollups do not hold the history yet
 
     @property
     def rows(self) -> int:
@@ -136,11 +136,12 @@ class Purge:
         now = now or self.clock()
         out = Purged()
         self._held = False
+        if not self._history_counted():
+            out.waiting_for_backfill = True
+            return out
         try:
             self._loop(out, lambda s: self._expire_output(s, now, out))
             cutoff = self.policy.cutoff(now)
-            if cutoff is not None and not self._history_counted():
-                out.waiting_for_backfill, cutoff = True, None
             if cutoff is not None:
                 jobs, deliveries, minutes = Cursor(), Cursor(), Cursor()
                 self._loop(out, lambda s: self._jobs(s, cutoff, out, jobs))
@@ -157,7 +158,8 @@ class Purge:
 
     def _history_counted(self) -> bool:
         """Whether the rollups hold every job's counts (``registry.backfill``): until then a job
-        deleted would be lost from the history, so nothing is purged."""
+        deleted would be lost from the history, so nothing is purged (an expired batch output's jobs
+        included)."""
         with transaction(self.sessions) as session:
             return coverage.read(session).complete
 
