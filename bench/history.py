@@ -13,7 +13,9 @@ warm-up; the median at ``--rows`` over the median at 40 is its slowdown:
 - ``post_with_quota_slowdown_1m``: ``POST /v1/jobs`` by the tenant, which has both quotas;
 - ``stats_slowdown_1m``: ``GET /v1/adapters/{name}/stats``.
 
-First the rollup backfill (``registry.backfill``, at the gateway's default pace: 250 jobs a step
+First ``upgrade_s``: the registry is taken down to revision 0005 (before the rollups) and
+``loraq db upgrade`` to head is timed over its ``--rows`` jobs (DDL and index builds, no counting).
+Then the rollup backfill (``registry.backfill``, at the gateway's default pace: 250 jobs a step
 and a pause at least as long between steps) counts the ``--rows`` jobs on a thread while requests
 (``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` in turn) are timed; the requests above are timed after it:
 
@@ -57,10 +59,10 @@ from sqlalchemy import Connection, Engine, insert, select, text
 from gateway.app import create_app
 from gateway.processes import start_redis
 from gateway.settings import GatewaySettings
-from registry import backfill, ids
+from registry import backfill, coverage, ids
 from registry.backfill import Progress
 from registry.db import make_engine, session_factory, transaction
-from registry.migrate import upgrade
+from registry.migrate import downgrade, upgrade
 from registry.models import AdapterVersion, Job, Tenant, utcnow
 from registry.retention import Purged
 from registry.settings import DatabaseSettings
@@ -234,6 +236,26 @@ def purge_under_traffic(reg: Registry) -> tuple[Purged, float, list[float], list
     return done[0], elapsed, before, during
 
 
+def upgrade_seconds(reg: Registry) -> float:
+    """Seconds ``loraq db upgrade`` takes from revision 0005 (before the rollups) to head over the
+    registry's jobs: the registry is first taken down to 0005 with the gateway's loops stopped."""
+    state = reg.admin.app.state
+    loops = (state.batches, state.webhooks, state.purger)
+    for loop in loops:
+        loop.stop()
+    url = reg.engine.url.render_as_string(hide_password=False)
+    reg.engine.dispose()
+    downgrade(url, "0005")
+    started = time.perf_counter()
+    upgrade(url)
+    seconds = time.perf_counter() - started
+    for loop in loops:
+        loop.start()
+    with transaction(session_factory(reg.engine)) as session:
+        assert coverage.read(session).state == coverage.PENDING  # the upgrade counted nothing
+    return seconds
+
+
 def backfill_under_traffic(reg: Registry) -> tuple[Progress, float, list[float], list[float]]:
     """(the backfill's end, its seconds, latencies before it, latencies during it), at the gateway's
     default pace."""
@@ -257,6 +279,8 @@ def run(kind: str, rows: int, repeat: int, home: Path, redis_url: str) -> None:
         backfill.run(session_factory(small.engine))
         small_s = medians(small, repeat)
     with registry(kind, rows, home / f"{kind}-large", redis_url) as large:
+        upgrade_s = upgrade_seconds(large)
+        print(f"{kind}: upgraded from 0005 over {rows} rows in {upgrade_s:.1f}s", flush=True)
         counted, backfill_s, quiet, busy = backfill_under_traffic(large)
         print(f"{kind}: {counted.counted} rows counted by the backfill in {backfill_s:.1f}s", flush=True)
         large_s = medians(large, repeat)
@@ -273,6 +297,7 @@ def run(kind: str, rows: int, repeat: int, home: Path, redis_url: str) -> None:
             goal=f"<= {goals.get(name, 1.5)}",
             **common,
         )
+    emit("upgrade_s", upgrade_s, note="0005 to head: DDL only, the counting is the backfill's", **common)
     emit(
         "backfill_jobs_per_s",
         counted.counted / backfill_s,
