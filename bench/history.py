@@ -15,7 +15,7 @@ warm-up; the median at ``--rows`` over the median at 40 is its slowdown:
 
 First ``upgrade_s``: the registry is taken down to revision 0005 (before the rollups) and
 ``loraq db upgrade`` to head is timed over its ``--rows`` jobs (DDL and index builds, no counting).
-Then the rollup backfill (``registry.backfill``, at the gateway's default pace: 250 jobs a step
+Then the rollup backfill (``registry.backfill``, at the gateway's default pace: 100 jobs a step
 and a pause at least as long between steps) counts the ``--rows`` jobs on a thread while requests
 (``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` in turn) are timed; the requests above are timed after it:
 

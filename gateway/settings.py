@@ -94,7 +94,7 @@ class GatewaySettings(BaseSettings):
         "them in the background. Turn off while older gateways or workers still run; `loraq db backfill` then "
         "does it by hand.",
     )
-    backfill_chunk_rows: int = Field(default=250, ge=1, le=50_000, description="Jobs the backfill counts per step.")
+    backfill_chunk_rows: int = Field(default=100, ge=1, le=50_000, description="Jobs the backfill counts per step.")
     backfill_pause_s: float = Field(
         default=0.025,
         ge=0,
