@@ -52,6 +52,12 @@ class WorkerSettings(BaseSettings):
     quantize: Literal["none", "int8"] = Field(
         default="none", description="Quantize the shared base's block linears (int8: torch dynamic int8, CPU)."
     )
+    max_row_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        description="Longest row (prompt + new tokens) the engine takes; each KV slot is this long, allocated at "
+        "start. Default: the model's positions.",
+    )
     memory_budget_mb: int | None = Field(
         default=None, ge=1, description="Engine memory budget; default 90% of the GPU, or a quarter of host RAM."
     )

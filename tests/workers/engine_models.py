@@ -62,10 +62,13 @@ EDGE_TARGETS: dict[str, list[str]] = {  # the input embedding and the LM head, a
 }
 
 
-def build_base(family: str, directory: Path, *, seed: int = 0) -> Path:
-    """Save a random ``family`` model with the demo tokenizer into ``directory``."""
+def build_base(family: str, directory: Path, *, seed: int = 0, **overrides: Any) -> Path:
+    """Save a random ``family`` model with the demo tokenizer into ``directory``; ``overrides`` are set on
+    its config (a sliding window, say)."""
     torch.manual_seed(seed)
     config = FAMILIES[family][0]()
+    for name, value in overrides.items():
+        setattr(config, name, value)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = SPECIAL["eos_token_id"]
     model.generation_config.pad_token_id = SPECIAL["pad_token_id"]

@@ -3,7 +3,7 @@
 Measures the loaded model (weights, the stacked LoRA slots, KV bytes per
 token from its config) and the device's memory, so the pure arithmetic in
 :mod:`workers.engine.memory` can refuse to start an engine that cannot hold
-one full-length row, and size the KV cache rows are admitted against.
+one full-length row, and size the KV cache's row slots, allocated once.
 """
 
 from __future__ import annotations
@@ -14,20 +14,28 @@ import torch
 
 from workers import metrics
 from workers.engine import memory
+from workers.engine.kv import kv_dims
 from workers.engine.runner import Runner
 
 
-def plan_memory(runner: Runner, *, budget_mb: int | None, merge_copy: bool = False) -> memory.MemoryBudget:
+def plan_memory(
+    runner: Runner,
+    *,
+    budget_mb: int | None,
+    max_rows: int,
+    merge_copy: bool = False,
+    max_row_tokens: int | None = None,
+) -> memory.MemoryBudget:
     """The budget is ``budget_mb`` if set, else 90 % of the GPU, else a quarter of host RAM (room for the
     gateway, Redis and other workers); raises :class:`memory.BudgetTooSmall` below one full row.
-    ``merge_copy``: reserve the merged fast path's copy of every mergeable weight."""
-    cfg = runner.model.config.get_text_config()
-    heads = int(cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    ``max_rows``: the most KV slots wanted; ``merge_copy``: reserve the merged fast path's copy of every
+    mergeable weight; ``max_row_tokens``: a slot's length, if shorter than the model's positions (a
+    long-context model's slots would otherwise take the budget for a few rows)."""
+    dims = kv_dims(runner.model.config)
     per_token = memory.kv_bytes_per_token(
-        layers=int(cfg.num_hidden_layers),
-        kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
-        head_dim=head_dim,
+        layers=dims.layers,
+        kv_heads=dims.kv_heads,
+        head_dim=dims.head_dim,
         dtype_bytes=torch.finfo(runner.dtype).bits // 8,
     )
     weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())  # quantized ones are not
@@ -46,7 +54,8 @@ def plan_memory(runner: Runner, *, budget_mb: int | None, merge_copy: bool = Fal
         weights=weights + (quantized.nbytes if quantized else 0),
         slots=slots,
         kv_per_token=per_token,
-        min_tokens=runner.max_positions,
+        row_tokens=min(runner.max_positions, max_row_tokens or runner.max_positions),
+        max_rows=max_rows,
         merge_copy=copy,
         quantized=quantized.mode if quantized else None,
         full_weights=weights + quantized.full_nbytes if quantized else None,
@@ -54,8 +63,10 @@ def plan_memory(runner: Runner, *, budget_mb: int | None, merge_copy: bool = Fal
 
 
 def publish(plan: memory.MemoryBudget, device: torch.device) -> None:
-    """The plan as gauges, by part; on CUDA, the allocated device memory too."""
-    kv = plan.kv_tokens * plan.kv_bytes_per_token
+    """The plan as gauges, by part (the KV cache's part: its slots, as allocated); on CUDA, the
+    allocated device memory too."""
+    kv_tokens = plan.kv_rows * plan.row_tokens
+    kv = kv_tokens * plan.kv_bytes_per_token
     parts = {
         "budget": plan.budget,
         "weights": plan.weights,
@@ -65,6 +76,6 @@ def publish(plan: memory.MemoryBudget, device: torch.device) -> None:
     }
     for part, value in {**parts, "kv": kv}.items():
         metrics.MEMORY_BUDGET.labels(part).set(value)
-    metrics.KV_TOKENS.set(plan.kv_tokens)
+    metrics.KV_TOKENS.set(kv_tokens)
     if device.type == "cuda":
         metrics.watch_device_memory(lambda: float(torch.cuda.memory_allocated(device)))

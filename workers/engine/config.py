@@ -26,6 +26,7 @@ class EngineConfig:
     max_lora_rank: int = 64  # the widest adapter a slot holds
     max_cpu_loras_mb: int = 1024  # host-memory cache of adapters (LRU by bytes)
     memory_budget_mb: int | None = None  # None: 90 % of the GPU, or a quarter of host RAM
+    max_row_tokens: int | None = None  # a KV slot's length, the longest row; None: the model's positions
     cache_dir: Path | None = None  # disk cache of adapters from remote stores; None: a temp directory
     merge_adapters: bool = True  # merged fast path for single-adapter batches (reserves a copy of the weights)
     embedding_lora: bool = True  # the input embedding and the LM head take adapters (2 x slots x vocab x r_max)
@@ -43,6 +44,7 @@ class EngineConfig:
             max_lora_rank=settings.max_lora_rank,
             max_cpu_loras_mb=settings.max_cpu_loras_mb,
             memory_budget_mb=settings.memory_budget_mb,
+            max_row_tokens=settings.max_row_tokens,
             cache_dir=settings.adapter_cache_dir or settings.db.home / "adapter-cache",
             merge_adapters=settings.merge_adapters,
             embedding_lora=settings.embedding_lora,

@@ -9,8 +9,8 @@ A thin facade over its parts, each in its own module:
   disk tier, loads in the background;
 - :mod:`~workers.engine.scheduler`: which rows join, wait, stop or fail,
   step by step (continuous batching);
-- :mod:`~workers.engine.budget`: the memory plan; rows join only while their
-  KV cache fits, and the engine refuses to start unless one full-length row fits.
+- :mod:`~workers.engine.budget`: the memory plan; it sizes the KV cache's row
+  slots (allocated once), and the engine refuses to start unless one full-length row fits.
 
 PEFT is the oracle: for every supported adapter, a row's logits equal PEFT's
 for that adapter alone (tests/workers/engine/test_lora_engine.py).
@@ -46,7 +46,14 @@ class _Parts:
 
 def _build(config: EngineConfig, cancelled: Cancelled | None, deltas: Deltas | None) -> _Parts:
     runner = Runner(config)
-    budget = plan_memory(runner, budget_mb=config.memory_budget_mb, merge_copy=config.merge_adapters)
+    budget = plan_memory(
+        runner,
+        budget_mb=config.memory_budget_mb,
+        max_rows=config.max_rows,
+        merge_copy=config.merge_adapters,
+        max_row_tokens=config.max_row_tokens,
+    )
+    runner.allocate_kv(slots=budget.kv_rows, row_tokens=budget.row_tokens)
     publish(budget, runner.device)
     adapters = AdapterManager(
         config,
@@ -58,8 +65,7 @@ def _build(config: EngineConfig, cancelled: Cancelled | None, deltas: Deltas | N
     scheduler = Scheduler(
         runner=runner,
         adapters=adapters,
-        max_rows=config.max_rows,
-        kv_tokens=budget.kv_tokens,
+        max_rows=budget.kv_rows,  # at most config.max_rows; fewer where the budget holds fewer KV slots
         cancelled=cancelled,
         deltas=deltas,
     )

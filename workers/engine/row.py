@@ -41,10 +41,5 @@ class Row:
         self.exclusive = True
 
     @property
-    def need(self) -> int:
-        """KV-cache tokens it may hold at its end."""
-        return len(self.prompt_ids) + self.cap
-
-    @property
     def key(self) -> str | None:
         return self.req.adapter.key if self.req.adapter else None

@@ -5,9 +5,10 @@ Every linear module of the decoder blocks is wrapped once at load
 different adapters; which slot each row uses is set on the shared
 :class:`~workers.engine.layers.LoRABatch` by the adapter manager before each
 forward. The runner keeps the running rows' KV cache in the scheduler's row
-order (:class:`~workers.engine.kv.KVBatch`): prefills add rows at the end,
-retiring drops them. Each row's positions are its own, so left padding only
-costs memory.
+order (:class:`~workers.engine.kv.KVBatch`, slots allocated once by
+:meth:`Runner.allocate_kv` from the memory plan): prefills add rows at the
+end, retiring drops them and tells the scheduler the rows' new order. Each
+row's positions are its own.
 """
 
 from __future__ import annotations
@@ -53,22 +54,35 @@ class Runner:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))  # masked out anyway
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.kv = KVBatch()
+        self._kv: KVBatch | None = None
+
+    def allocate_kv(self, *, slots: int, row_tokens: int) -> None:
+        """Allocate the running batch's KV cache, once: ``slots`` rows of ``row_tokens`` (the memory plan's)."""
+        self._kv = KVBatch(self.model.config, slots=slots, row_tokens=row_tokens, dtype=self.dtype, device=self.device)
+
+    @property
+    def kv(self) -> KVBatch:
+        if self._kv is None:
+            raise RuntimeError("the KV cache is allocated from the memory plan (Runner.allocate_kv) before decoding")
+        return self._kv
 
     def prepare(self, index: int, req: GenRequest) -> Row:
-        """A row for ``req``; refuses a prompt that leaves no room to generate."""
+        """A row for ``req``; refuses a prompt that leaves no room to generate in a KV slot."""
         ids: list[int] = self.tokenizer(req.prompt)["input_ids"]
-        room = self.max_positions - len(ids)
+        limit = self.kv.row_tokens  # the model's positions, or LORAQ_MAX_ROW_TOKENS if shorter
+        room = limit - len(ids)
         if room < 1:
-            raise PromptTooLong(f"prompt of {len(ids)} tokens leaves no room in the model's {self.max_positions}")
-        row = Row(
+            raise PromptTooLong(
+                f"prompt of {len(ids)} tokens leaves no room in a row's {limit} tokens (the model's positions, or "
+                "LORAQ_MAX_ROW_TOKENS); shorten the prompt"
+            )
+        return Row(
             index=index,
             req=req,
             prompt_ids=ids,
-            cap=min(req.sampling.max_tokens, room),
+            cap=min(req.sampling.max_tokens, room),  # prompt + cap <= limit: the row never outgrows its slot
             generator=row_generator(req.sampling, self.device),
         )
-        return row  # row.need <= max_positions <= kv_tokens: the budget always admits one full row
 
     def row_generator(self, sampling: SamplingParams) -> torch.Generator | None:
         return row_generator(sampling, self.device)
@@ -78,15 +92,14 @@ class Runner:
     @torch.inference_mode()
     def prefill(self, rows: Sequence[Row]) -> None:
         cache = DynamicCache()
-        logits, mask = self.forward_prompts(rows, cache=cache, last_only=True)
+        logits, _ = self.forward_prompts(rows, cache=cache, last_only=True)
         self._append(rows, logits[:, -1, :])
-        self.kv.add(cache, mask)
+        self.kv.add(cache, [len(r.prompt_ids) for r in rows])
 
     @torch.inference_mode()
     def decode(self, rows: Sequence[Row]) -> None:
         ids = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
-        positions = torch.tensor([[len(r.prompt_ids) + len(r.tokens) - 1] for r in rows], device=self.device)
-        mask = self.kv.extend()
+        positions, mask = self.kv.decode_inputs()  # a row's position is its cached length
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.kv.cache, use_cache=True
         )
@@ -130,11 +143,11 @@ class Runner:
     # -- the running batch's KV cache -----------------------------------------------------
 
     @torch.inference_mode()
-    def keep(self, rows: list[int]) -> None:
-        self.kv.keep(rows)
+    def keep(self, rows: list[int]) -> list[int]:
+        return self.kv.keep(rows)
 
     def reset(self) -> None:
-        self.kv = KVBatch()
+        self.kv.clear()
 
     # -- ending a row -------------------------------------------------------------------
 

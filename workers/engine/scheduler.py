@@ -1,8 +1,8 @@
 """The step loop of the loraq engine: which rows run, join, wait, stop or fail.
 
 Continuous batching: between steps, pending rows join the running batch
-(admitted while the batch has places, their KV cache fits the memory budget
-and their adapter is in a device slot) and finished rows leave. A cancelled
+(admitted while the batch has places, one KV-cache slot each, and their
+adapter is in a device slot) and finished rows leave. A cancelled
 job's row stops at the next check; a step that raises is isolated by running
 each of its rows again alone, so only a row that fails alone fails. After
 each forward, the new text of the rows whose job streams goes to ``deltas``
@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from registry.schemas import GenerationResult, SamplingParams
 from workers.contract.streams import Delta, Deltas
-from workers.engine import memory
 from workers.engine.row import Row
 from workers.generation import AdapterRef
 
@@ -49,8 +48,9 @@ class Runner(Protocol):
     def decode(self, rows: Sequence[Row]) -> None:
         """One step for every running row (in KV order): each gets one more token."""
 
-    def keep(self, rows: list[int]) -> None:
-        """Drop every KV row not in ``rows`` (indices, in order)."""
+    def keep(self, rows: list[int]) -> list[int]:
+        """Drop every KV row not in ``rows`` (indices, ascending); return the kept rows' indices in their
+        new KV order (the cache moves rows into the places of those leaving, rather than shifting all)."""
 
     def reset(self) -> None:
         """Forget the running batch's KV cache (after a failed step)."""
@@ -90,8 +90,7 @@ class Adapters(Protocol):
 class Scheduler:
     """Owns the pending and running rows; :meth:`run` is the engine thread's loop.
 
-    ``kv_tokens`` is the memory budget's KV capacity (rows are admitted only
-    while :func:`memory.fits`); ``cancelled`` is asked every
+    ``max_rows`` is the batch's places (the KV cache's slots); ``cancelled`` is asked every
     ``CANCEL_CHECK_EVERY`` decode steps; ``deltas`` receives streamed rows' new text after each forward.
     """
 
@@ -101,14 +100,12 @@ class Scheduler:
         runner: Runner,
         adapters: Adapters,
         max_rows: int,
-        kv_tokens: int,
         cancelled: Cancelled | None = None,
         deltas: Deltas | None = None,
     ) -> None:
         self.runner = runner
         self.adapters = adapters
         self.max_rows = max_rows
-        self.kv_tokens = kv_tokens
         self.cancelled = cancelled
         self.deltas = deltas
         self.step_lock = threading.Lock()  # one forward at a time (the loop, or the engine's score())
@@ -218,16 +215,17 @@ class Scheduler:
             deltas(out)
 
     def _retire(self, rows: list[Row]) -> list[Row]:
-        """Hand finished rows their results and drop them from the KV cache; return the rows still running."""
+        """Hand finished rows their results and drop them from the KV cache; return the rows still
+        running, in the cache's new order."""
         keep = []
         for i, r in enumerate(rows):
             if self.runner.finished(r):
                 r.future.set_result(self.runner.result(r))
             else:
                 keep.append(i)
-        if len(keep) < len(rows):
-            self.runner.keep(keep)
-        return [rows[i] for i in keep]
+        if len(keep) == len(rows):
+            return rows
+        return [rows[i] for i in self.runner.keep(keep)]
 
     def _check_cancelled(self, running: list[Row], cancelled: Cancelled) -> None:
         stopped = cancelled([r.req.job_id for r in running])
@@ -254,10 +252,10 @@ class Scheduler:
     # -- admission --------------------------------------------------------------------
 
     def _admit(self) -> list[Row]:
-        """Pending rows that can join now: room in the batch and the KV budget, adapter in a slot.
+        """Pending rows that can join now: a place in the batch, adapter in a slot.
 
         Rows join in groups of at least a quarter of the batch (unless fewer
-        are waiting): each join costs a prefill forward and a KV-cache merge,
+        are waiting): each join costs a prefill forward,
         so admitting rows one by one as each other row finishes costs more
         than the few steps a place stays empty.
         """
@@ -294,15 +292,13 @@ class Scheduler:
         return order
 
     def _fill(self, candidates: list[Row]) -> tuple[list[Row], list[Row]]:
-        """Candidates in order while places and KV budget last; each joins once its adapter has a slot."""
+        """Candidates in order while places last; each joins once its adapter has a slot."""
         joined: list[Row] = []
         waiting: list[Row] = []
         wanted = frozenset(r.key for r in candidates if r.key)
         for i, row in enumerate(candidates):
             now = self.running + joined
-            if len(now) >= self.max_rows or not memory.fits(
-                running_needs=[r.need for r in now], need=row.need, kv_tokens=self.kv_tokens
-            ):
+            if len(now) >= self.max_rows:
                 waiting.extend(candidates[i:])
                 break
             slot = self.adapters.slot_for(row.req.adapter, pinned={r.key for r in now if r.key}, wanted=wanted)

@@ -7,6 +7,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from registry.schemas import FinishReason, SamplingParams
 from tests.workers.engine_models import EDGE_TARGETS, build_base, load_base, peft_alone, save_adapter
@@ -24,7 +26,7 @@ from workers.engine import EngineConfig, LoraEngine
 from workers.engine import adapters as adapters_module
 from workers.engine import scheduler as scheduler_module
 from workers.engine.memory import BudgetTooSmall
-from workers.errors import AdapterLoadFailed
+from workers.errors import AdapterLoadFailed, PromptTooLong
 from workers.generation import AdapterRef, GenRequest
 
 
@@ -73,17 +75,95 @@ def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(tmp_p
     ours = eng.generate(requests)
     for r, got in zip(requests, ours, strict=True):
         model = peft_alone(base, paths[refs.index(r.adapter)] if r.adapter else None)
-        ids = torch.tensor([eng.runner.tokenizer(r.prompt)["input_ids"]])
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, max_new_tokens=r.sampling.max_tokens, do_sample=False, pad_token_id=0)
-        new = out[0, ids.shape[1] :].tolist()
-        eos = new.index(2) if 2 in new else len(new)
-        assert got.text == eng.runner.tokenizer.decode(new[:eos], skip_special_tokens=True), (family, r.prompt)
-        assert got.completion_tokens == min(len(new), eos + 1)
+        assert (got.text, got.completion_tokens) == greedy_alone(eng, model, r), (family, r.prompt)
+
+
+def greedy_alone(eng: LoraEngine, model: PreTrainedModel, r: GenRequest) -> tuple[str, int]:
+    """The oracle's text and completion tokens for ``r`` alone: transformers' greedy ``generate``."""
+    ids = torch.tensor([eng.runner.tokenizer(r.prompt)["input_ids"]])
+    generate: Callable[..., torch.Tensor] = model.generate  # type: ignore[assignment]  # typed as a Tensor
+    with torch.no_grad():
+        out = generate(input_ids=ids, max_new_tokens=r.sampling.max_tokens, do_sample=False, pad_token_id=0)
+    new: list[int] = out[0, ids.shape[1] :].tolist()
+    eos = new.index(2) if 2 in new else len(new)
+    return eng.runner.decode_text(new[:eos]), min(len(new), eos + 1)
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("family", "overrides"),
+    [
+        ("llama", {}),
+        (
+            "qwen2",
+            {"use_sliding_window": True, "sliding_window": 6, "layer_types": ["full_attention", "sliding_attention"]},
+        ),
+        ("mistral", {"sliding_window": 6}),
+        ("gpt2", {}),
+    ],
+)
+def test_rows_joining_and_leaving_mid_decode_get_the_tokens_each_gets_alone(
+    tmp_path: Path, family: str, overrides: dict[str, object]
+) -> None:
+    """Two places, five rows of different lengths: each row joins in the middle of another's decoding, and
+    leaves while another goes on (sliding windows shorter than the rows, where the family has them)."""
+    base_dir = build_base(family, tmp_path / "base", seed=5, **overrides)
+    steps: list[frozenset[str]] = []
+    eng = LoraEngine(
+        EngineConfig(base_model=base_dir, max_rows=2, max_loras=1, memory_budget_mb=64),
+        cancelled=lambda ids: steps.append(frozenset(ids)) or set(),  # type: ignore[func-returns-value]
+    )
+    prompts = ["a longer first prompt", "hi", "third one here", "x", "the fifth and last prompt"]
+    requests = [
+        req(str(i), p, None, max_tokens=n) for i, (p, n) in enumerate(zip(prompts, [3, 20, 9, 14, 6], strict=True))
+    ]
+    together = eng.generate(requests)
+    base = load_base(base_dir)
+    assert [(r.text, r.completion_tokens) for r in together] == [greedy_alone(eng, base, r) for r in requests]
+    assert len({s for s in steps if len(s) == 2}) >= 3, steps  # rows shared steps with different partners
+
+
+def test_the_kv_cache_is_allocated_once_at_its_planned_size_and_never_grows() -> None:
+    eng = LoraEngine(EngineConfig(base_model=DEMO / "base", max_rows=3, max_loras=2, memory_budget_mb=256))
+    plan, kv = eng.budget, eng.runner.kv
+    assert kv.nbytes == plan.kv_rows * plan.row_tokens * plan.kv_bytes_per_token
+    assert (plan.kv_rows, plan.row_tokens) == (3, eng.runner.max_positions)
+    tensors = [t for layer in kv.layers for t in (layer.keys, layer.values)]
+    before = [(t.data_ptr(), t.shape) for t in tensors]
+    rng = random.Random(8)
+    eng.generate([req(str(i), random_text(rng), skill_ref("upper"), max_tokens=rng.randint(1, 60)) for i in range(9)])
+    assert [(t.data_ptr(), t.shape) for t in tensors] == before
+    assert [(t.data_ptr(), t.shape) for layer in kv.layers for t in (layer.keys, layer.values)] == before
+
+
+def test_a_prompt_longer_than_a_kv_slot_is_refused_and_a_row_stops_at_the_end_of_its_slot() -> None:
+    eng = demo_engine()
+    slot = eng.budget.row_tokens  # the model's positions
+    with pytest.raises(PromptTooLong, match=f"prompt of {slot + 2} tokens leaves no room in a row's {slot}"):
+        eng.generate([req("long", "x" * slot, None)])  # the demo tokenizer adds BOS and EOS
+    [edge] = eng.generate([req("edge", "y" * (slot - 10), None, max_tokens=64)])
+    assert edge.prompt_tokens + edge.completion_tokens == slot
+    assert edge.finish_reason is FinishReason.LENGTH
+
+
+def test_max_row_tokens_shortens_every_slot_so_more_rows_fit_the_same_budget() -> None:
+    """A long-context model's full-length slots would take the budget for a few rows: a shorter slot
+    (vLLM's max_model_len) runs more at once, refuses what does not fit it, and caps what may grow."""
+    budget = 12  # MiB: room for 5 full-length demo slots (256 tokens), not for sixteen
+    full = LoraEngine(EngineConfig(base_model=DEMO / "base", max_rows=16, max_loras=1, memory_budget_mb=budget))
+    short = LoraEngine(
+        EngineConfig(base_model=DEMO / "base", max_rows=16, max_loras=1, memory_budget_mb=budget, max_row_tokens=64)
+    )
+    assert short.budget.row_tokens == 64 < full.budget.row_tokens == full.runner.max_positions
+    assert full.budget.kv_rows < short.budget.kv_rows
+    assert short.runner.kv.nbytes == short.budget.kv_rows * 64 * short.budget.kv_bytes_per_token
+    with pytest.raises(PromptTooLong, match="leaves no room in a row's 64 tokens"):
+        short.generate([req("long", "x" * 70, None)])
+    [capped] = short.generate([req("capped", "y" * 40, skill_ref("upper"), max_tokens=200)])  # copies 40
+    assert capped.prompt_tokens + capped.completion_tokens == 64 and capped.finish_reason is FinishReason.LENGTH
 
 
 def test_continuous_batching_gives_each_row_what_it_gets_alone() -> None:
@@ -218,7 +298,7 @@ def test_rows_beyond_the_kv_budget_wait_for_room_instead_of_running_out_of_memor
     rng = random.Random(4)
     requests = [req(str(i), random_text(rng), skill_ref("upper"), max_tokens=230) for i in range(6)]
     assert eng.generate(requests) == [probe.generate([r])[0] for r in requests]
-    assert 1 <= max(running) <= eng.budget.kv_tokens // 230 < 6  # rows waited for room, all finished
+    assert 1 <= max(running) <= eng.budget.kv_rows < 6  # rows waited for a KV slot, all finished
 
 
 def test_a_budget_that_cannot_hold_one_full_row_refuses_to_start() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from registry.schemas import FinishReason, GenerationResult, SamplingParams
 from workers.contract.streams import Delta
+from workers.engine.kv_slots import compact
 from workers.engine.row import Row
 from workers.engine.scheduler import CANCEL_CHECK_EVERY, Scheduler
 from workers.generation import AdapterRef, GenRequest
@@ -24,7 +25,8 @@ class KernelCrashed(RuntimeError):
 
 
 class FakeRunner:
-    """Rows in KV order as the real runner keeps them; a forward over a row with "poison" in its prompt raises."""
+    """Rows in KV order as the real runner keeps them (rows leaving are replaced by rows from the end, as
+    :func:`compact` says); a forward over a row with "poison" in its prompt raises."""
 
     def __init__(self) -> None:
         self.kv: list[str] = []  # job ids, in the order of the KV cache's rows
@@ -45,8 +47,10 @@ class FakeRunner:
         assert [r.req.job_id for r in rows] == self.kv, "decode rows out of KV order"
         self._forward(rows)
 
-    def keep(self, rows: list[int]) -> None:
-        self.kv = [self.kv[i] for i in rows]
+    def keep(self, rows: list[int]) -> list[int]:
+        order = compact(rows, rows=len(self.kv)).order
+        self.kv = [self.kv[i] for i in order]
+        return order
 
     def reset(self) -> None:
         self.kv = []
@@ -131,14 +135,13 @@ def row(
 
 
 def scheduler(
-    *, max_rows: int = 8, kv_tokens: int = 10_000, cancelled: object = None, adapters: FakeAdapters | None = None
+    *, max_rows: int = 8, cancelled: object = None, adapters: FakeAdapters | None = None
 ) -> tuple[Scheduler, FakeRunner]:
     runner = FakeRunner()
     sched = Scheduler(
         runner=runner,
         adapters=adapters or FakeAdapters(),
         max_rows=max_rows,
-        kv_tokens=kv_tokens,
         cancelled=cancelled,  # type: ignore[arg-type]
     )
     return sched, runner
@@ -157,8 +160,8 @@ def ids(rows: Sequence[Row]) -> list[str]:
     return [r.req.job_id for r in rows]
 
 
-def test_admits_rows_only_while_their_kv_cache_fits_and_the_rest_wait_in_arrival_order() -> None:
-    sched, _ = scheduler(max_rows=8, kv_tokens=30)  # rows need 2 + 8 = 10 tokens: three fit
+def test_admits_rows_only_while_the_batch_has_places_and_the_rest_wait_in_arrival_order() -> None:
+    sched, _ = scheduler(max_rows=3)  # one KV slot per place
     rows = [row(f"r{i}") for i in range(5)]
     sched.submit(rows)
     sched.receive(block=False)
@@ -169,20 +172,23 @@ def test_admits_rows_only_while_their_kv_cache_fits_and_the_rest_wait_in_arrival
     assert [r.future.result().completion_tokens for r in rows] == [8] * 5
 
 
-def test_a_long_row_counts_at_the_padded_length_of_the_batch() -> None:
-    sched, _ = scheduler(max_rows=8, kv_tokens=40)  # a 20-token row pads the others: two rows fit, not three
-    sched.submit([row("long", prompt_tokens=12), row("a"), row("b")])
-    sched.receive(block=False)
-    sched.step()
-    assert ids(sched.running) == ["long", "a"]
-    assert ids(sched.pending) == ["b"]
-
-
 def test_never_runs_more_rows_than_the_batch_holds() -> None:
     sched, runner = scheduler(max_rows=3)
     sched.submit([row(f"r{i}") for i in range(7)])
     run_until_idle(sched)
     assert max(len(f) for f in runner.forwards) <= 3
+
+
+def test_a_row_leaving_mid_batch_gives_its_kv_slot_to_the_last_row_and_decode_follows_that_order() -> None:
+    sched, runner = scheduler()
+    rows = [row("a", cap=8), row("short", cap=3), row("c", cap=8), row("d", cap=8)]
+    sched.submit(rows)
+    sched.receive(block=False)
+    while rows[1].tokens != [7] * 3:
+        sched.step()
+    assert ids(sched.running) == runner.kv == ["a", "d", "c"]  # "d" moved into the slot "short" left
+    run_until_idle(sched)
+    assert [r.future.result().completion_tokens for r in rows] == [8, 3, 8, 8]
 
 
 def test_a_cancelled_row_stops_at_the_next_check_and_its_batch_mates_run_to_their_end() -> None:
@@ -296,7 +302,7 @@ class DecodeCrashes(FakeRunner):
 
 def test_a_row_that_finished_at_prefill_keeps_its_result_when_the_same_steps_decode_fails() -> None:
     runner = DecodeCrashes()
-    sched = Scheduler(runner=runner, adapters=FakeAdapters(), max_rows=8, kv_tokens=10_000, cancelled=None)
+    sched = Scheduler(runner=runner, adapters=FakeAdapters(), max_rows=8, cancelled=None)
     mate, quick = row("mate", cap=6), row("quick", cap=1)
     sched.submit([mate])
     sched.receive(block=False)
@@ -321,7 +327,7 @@ def test_only_streamed_rows_publish_their_new_text_after_each_forward_and_before
         assert not streamed.future.done(), "a row's text must be out before its result"
         published.append(list(batch))
 
-    sched = Scheduler(runner=FakeRunner(), adapters=FakeAdapters(), max_rows=8, kv_tokens=10_000, deltas=deltas)
+    sched = Scheduler(runner=FakeRunner(), adapters=FakeAdapters(), max_rows=8, deltas=deltas)
     sched.submit([streamed, quiet])
     run_until_idle(sched)
     assert [[(d.job_id, d.pos, d.text) for d in batch] for batch in published] == [
@@ -335,7 +341,7 @@ def test_a_streamed_row_run_again_alone_publishes_its_text_again_from_the_start(
     published: list[Delta] = []
     runner = DecodeCrashes()
     runner.armed = True
-    sched = Scheduler(runner=runner, adapters=FakeAdapters(), max_rows=8, kv_tokens=10_000, deltas=published.extend)
+    sched = Scheduler(runner=runner, adapters=FakeAdapters(), max_rows=8, deltas=published.extend)
     streamed = row("streamed", cap=3, stream=True)
     sched.submit([streamed])
     sched.receive(block=False)
