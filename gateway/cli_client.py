@@ -60,7 +60,9 @@ class Client:
     def events(self, path: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         """The ``data:`` payloads of a server-sent event stream, as they arrive."""
         try:
-            with self.http.stream("GET", path, timeout=httpx.Timeout(30, read=None), **kwargs) as resp:
+            # (connect, read, write, pool) as a plain tuple: a test's TestClient (starlette >= 1.10) is an httpx2
+            # client, which refuses httpx's Timeout object but takes the tuple, as httpx does
+            with self.http.stream("GET", path, timeout=(30.0, None, 30.0, 30.0), **kwargs) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     try:
