@@ -62,6 +62,18 @@ def accepted_job(client: TestClient) -> str:
     raise AssertionError("the request was not accepted as a job")
 
 
+def queued_message(redis_url: str, adapter: str) -> bytes:
+    """The adapter queue's first message: published just after the job's row is committed, so a
+    test that saw the row waits for it (under a loaded machine the gap was long enough to fail)."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (message := client.lindex(queue_name(adapter), 0)) is not None:
+            return bytes(message)
+        time.sleep(0.01)
+    raise AssertionError(f"no message on {adapter}'s queue")
+
+
 def events(lines: list[str]) -> list[Any]:
     assert all(line.startswith("data: ") for line in lines), lines
     return [line[6:] if line == "data: [DONE]" else json.loads(line[6:]) for line in lines]
@@ -92,7 +104,7 @@ def test_the_deltas_are_relayed_as_chunks_and_the_recorded_result_completes_them
 def test_the_job_message_asks_the_worker_to_stream(client: TestClient, redis_url: str) -> None:
     thread, _ = stream_on_thread(client, REQUEST)
     job_id = accepted_job(client)
-    envelope = json.loads(redis.Redis.from_url(redis_url).lindex(queue_name("upper"), 0) or b"{}")
+    envelope = json.loads(queued_message(redis_url, "upper"))
     args = json.loads(base64.b64decode(envelope["body"]))[0]
     assert args[0]["job_id"] == job_id and args[0]["stream"] is True
     with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
