@@ -30,7 +30,10 @@ def held_delivery_tags() -> list[str]:
         return []
     tags = []
     for request in requests:
-        tag = (request.delivery_info or {}).get("delivery_tag")
+        # The kombu message's tag: Celery's ``Request.delivery_info`` keeps only exchange, routing
+        # key, priority and redelivered, so reading the tag there refreshed nothing, and a job
+        # running past the visibility timeout was delivered again while it ran.
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:
             tags.append(str(tag))
     return tags

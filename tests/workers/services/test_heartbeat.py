@@ -7,9 +7,11 @@ import time
 import redis
 
 from workers.contract import heartbeat
+from workers.contract.celery_app import Role, make_celery
 from workers.contract.heartbeat import WorkerBeat
 from workers.contract.names import UNACKED_INDEX, worker_key
-from workers.services.heartbeat import Heartbeat
+from workers.contract.settings import QueueSettings
+from workers.services.heartbeat import Heartbeat, held_delivery_tags
 from workers.services.periodic import Periodic
 
 
@@ -78,3 +80,37 @@ def test_a_periodic_service_keeps_running_after_a_failing_run() -> None:
         time.sleep(0.01)
     runner.stop()
     assert runner.runs >= 3 and len(calls) >= 3
+
+
+def test_the_tags_it_refreshes_are_those_of_the_messages_a_real_worker_reserved(redis_url: str) -> None:
+    """Tags read from Celery's own Request built from a message kombu delivered from Redis: they are
+    the keys of the transport's visibility clock, so a long job is never delivered twice."""
+    from celery.worker import state
+    from celery.worker.request import Request
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    app = make_celery(QueueSettings(redis_url=redis_url), role=Role.WORKER)
+
+    @app.task(name="loraq.test_long_job")  # type: ignore[untyped-decorator]
+    def long_job() -> None: ...
+
+    app.send_task("loraq.test_long_job", args=[], queue="heartbeat-test")
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("heartbeat-test")
+        try:
+            message = queue.get(timeout=5)
+            request = Request(message, app=app)
+            state.task_reserved(request)
+            try:
+                [tag] = held_delivery_tags()
+                assert tag == message.delivery_tag
+                client.zadd(UNACKED_INDEX, {tag: 1.0})  # as if delivered long ago
+                service(client, name=None, held=held_delivery_tags()).run_once()
+                assert client.zscore(UNACKED_INDEX, tag) > time.time() - 5  # type: ignore[operator]
+            finally:
+                state.task_ready(request)
+            assert held_delivery_tags() == []
+            message.ack()
+        finally:
+            queue.close()
