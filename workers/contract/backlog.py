@@ -17,10 +17,12 @@ Who writes it:
   marks, so either the script runs before the push (and the mark that follows
   re-adds it) or after it (and sees the message): a queue with work is never
   left out by the race between the two.
+- kombu's restores (:mod:`workers.contract.transport`): a message put back
+  by kombu itself (a dead worker's, after the visibility timeout) is marked
+  in the transaction of its push;
 - the reconciler, which re-marks the adapters of jobs that waited past its
-  grace with a message present: the repair path for the messages kombu puts
-  back by itself (a dead worker's, after the visibility timeout) and for a
-  mark that failed after its push.
+  grace with a message present: the repair path for a mark that failed
+  after its push.
 
 Beside it, ``loraq:served``: member = adapter, score = when a worker last
 consumed its queue (every planner writes the queues it consumes, each tick;

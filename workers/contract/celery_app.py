@@ -16,6 +16,7 @@ from celery import Celery
 
 from workers.contract.names import DEFAULT_QUEUE
 from workers.contract.settings import QueueSettings
+from workers.contract.transport import TRANSPORT
 
 
 class Role(StrEnum):
@@ -65,6 +66,8 @@ def make_celery(settings: QueueSettings, *, role: Role) -> Celery:
         result_backend_transport_options=dict(transport),
         worker_hijack_root_logger=False,
     )
+    if settings.redis_url.startswith("redis://"):  # kombu's Redis transport, restores marked in the backlog index
+        app.conf.broker_transport = TRANSPORT
     if role is not Role.WORKER:
         _fail_fast(app, bulk=role is Role.BULK_PUBLISHER)
     return app
