@@ -142,14 +142,7 @@ def run(
 
 
 PAGE = (
-    Job.id,
-    Job.status,
-    Job.tenant_id,
-    Job.adapter_id,
-    Job.version_id,
-    Job.shadow_of,
-    Job.created_at,
-    Job.reserved_tokens,
+    *transitions.LIVE_COLUMNS,
     Job.finished_at,
     Job.text,
     Job.prompt_tokens,
@@ -170,16 +163,7 @@ def _page(session: Session, row: RollupBackfill, chunk: int) -> list[Row[Any]]:
 
 
 def _live(job: Row[Any]) -> transitions.Live:
-    return transitions.Live(
-        job.id,
-        job.status,
-        job.tenant_id,
-        job.adapter_id,
-        job.version_id,
-        job.shadow_of,
-        job.created_at,
-        job.reserved_tokens or 0,
-    )
+    return transitions.Live(*job[: len(transitions.LIVE_COLUMNS)])
 
 
 def _as_created(job: Row[Any]) -> list[Change]:

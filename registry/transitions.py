@@ -45,6 +45,18 @@ class Live:
         return _change(self, old=self.status, new=new, finished_at=finished_at)
 
 
+LIVE_COLUMNS = (  # a Live's fields in order: ``Live(*row[: len(LIVE_COLUMNS)])``
+    Job.id,
+    Job.status,
+    Job.tenant_id,
+    Job.adapter_id,
+    Job.version_id,
+    Job.shadow_of,
+    Job.created_at,
+    Job.reserved_tokens,
+)
+
+
 def lock_live(
     session: Session,
     where: ColumnElement[bool],
@@ -66,20 +78,7 @@ def lock_live(
         if primaries:
             locked = or_(mine, Job.id.in_(sorted({p for p in primaries if p is not None})))
     rows = session.execute(
-        select(
-            Job.id,
-            Job.status,
-            Job.tenant_id,
-            Job.adapter_id,
-            Job.version_id,
-            Job.shadow_of,
-            Job.created_at,
-            Job.reserved_tokens,
-            mine.label("mine"),
-        )
-        .where(locked)
-        .order_by(Job.id)
-        .with_for_update()
+        select(*LIVE_COLUMNS, mine.label("mine")).where(locked).order_by(Job.id).with_for_update()
     ).all()
     return [Live(*row[:-1]) for row in rows if row[-1]]
 
