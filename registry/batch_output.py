@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from registry import batch_lines, batches, files
 from registry.batch_lines import error_line, failed_line, output_line
-from registry.models import BatchLineError, BatchRow, Job, utcnow
+from registry.models import BatchLineError, BatchRow, FileRow, Job, utcnow
 from registry.schemas import FinishReason, GenerationResult, JobStatus
 
 _ENDED_UNRUN = {"cancelled": "batch_cancelled", "expired": "batch_expired"}
@@ -58,6 +58,10 @@ def finalize(session: Session, *, batch: BatchRow, files_dir: Path, max_bytes: i
     batch.status = final
     if batch.output_expires_s is not None:  # OpenAI's anchor: the files' creation, now
         batch.output_expires_at = now + timedelta(seconds=batch.output_expires_s)
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            row = session.get(FileRow, file_id) if file_id else None
+            if row is not None:
+                row.expires_at = batch.output_expires_at  # what GET /v1/files/{id} tells the client
     stamp = {"completed": "completed_at", "failed": "failed_at", "expired": "expired_at", "cancelled": "cancelled_at"}
     if getattr(batch, stamp[final]) is None:
         setattr(batch, stamp[final], now)

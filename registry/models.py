@@ -170,6 +170,8 @@ class FileRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     storage_uri: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when the purge deletes it: a batch output's ``output_expires_after`` (OpenAI's file ``expires_at``)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BatchRow(Base):

@@ -23,7 +23,7 @@ def file_object(row: FileRow) -> dict[str, Any]:
         "filename": row.filename,
         "purpose": row.purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": int(row.expires_at.timestamp()) if row.expires_at is not None else None,
         "status_details": None,
     }
 

@@ -73,6 +73,9 @@ def test_a_batchs_output_expires_after_its_seconds_and_reads_404_file_expired(
         ended = batch_until(client, batch["id"], "cancelled")
         error_file = ended["error_file_id"]
         assert client.get(f"/v1/files/{error_file}/content").status_code == 200
+        shown = client.get(f"/v1/files/{error_file}").json()
+        assert 3600 <= shown["expires_at"] - shown["created_at"] <= 3602  # OpenAI's field, from the batch's expiry
+        assert client.get(f"/v1/files/{file_id}").json()["expires_at"] is None
         purge_at(client, timedelta(minutes=59))
         assert client.get(f"/v1/files/{error_file}").status_code == 200
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
+from sqlalchemy.orm import Session, sessionmaker
 
 from registry import backfill, coverage
 from registry.adapters import ensure_base_model, resolve
@@ -19,9 +21,10 @@ from registry.db import session_factory as make_session_factory
 from registry.jobs import create_job, new_job_id
 from registry.keys import ensure_tenant
 from registry.migrate import downgrade, upgrade
-from registry.models import AdapterVersion, Base, UTCDateTime, utcnow
+from registry.models import AdapterVersion, Base, BatchRow, FileRow, UTCDateTime, utcnow
 from registry.schemas import JobCreate
 from tests.registry.test_adapters_and_jobs import World, register
+from tests.registry.test_retention import ended_batch
 from tests.registry.test_rollups import recount, rollup_tables
 
 MODEL_TABLES = set(Base.metadata.tables)
@@ -154,6 +157,23 @@ def test_a_database_without_jobs_or_already_counted_needs_no_backfill(empty_db_u
             assert coverage.read(s).complete
     finally:
         engine.dispose()
+
+
+def test_the_file_expiry_migration_gives_the_outputs_of_ended_batches_their_batchs_expiry(
+    db_url: str, session_factory: sessionmaker[Session], world: World, tmp_path: Path
+) -> None:
+    done = ended_batch(session_factory, world, tmp_path, output_expires_s=3600)
+    downgrade(db_url, "0009_rollup_backfill")
+    upgrade(db_url)
+    with session_factory() as s:
+        batch = s.get(BatchRow, done.id)
+        assert batch is not None and batch.output_expires_at is not None
+        owned = {f: s.get(FileRow, f) for f in (batch.output_file_id, batch.error_file_id, batch.input_file_id) if f}
+        assert {f: row.expires_at if row else "gone" for f, row in owned.items()} == {
+            batch.output_file_id: batch.output_expires_at,
+            batch.error_file_id: batch.output_expires_at,
+            batch.input_file_id: None,  # an input has no such expiry
+        }
 
 
 JOBS_AT_0005 = sa.table(

@@ -266,6 +266,7 @@ def test_a_batchs_output_expires_after_its_time_with_its_jobs_and_the_batch_stay
     end(session_factory, other, utcnow())
     with session_factory() as s:
         outputs = [files.get(s, tenant=world.acme, file_id=f or "") for f in (done.output_file_id, done.error_file_id)]
+    assert [row.expires_at for row in outputs] == [done.output_expires_at] * 2  # what GET /v1/files says
     assert purge(session_factory, done.output_expires_at - timedelta(minutes=1), keep=None).rows == 0
 
     purged = purge(session_factory, done.output_expires_at + timedelta(seconds=1), keep=None)
