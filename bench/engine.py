@@ -6,7 +6,11 @@ tokens, r = 16 on every linear module, 8 distinct adapters. Every figure is
 measured side by side in this one run and printed as one JSON line:
 
 - ``mixed8_over_base``: our engine on a batch of 8 adapters ÷ the same engine
-  on the same batch with no adapter (goal >= 0.9);
+  on the same batch with no adapter (goal >= 0.9); the line also gives
+  ``bytes_limit``, base weight bytes ÷ (base + the 8 adapters' LoRA bytes) a
+  decode step reads: what a step bound by memory bandwidth would reach (at
+  this shape, r = 16 on every module of a 512-wide model, the LoRA weights
+  are ~40 % of the base's, so the limit is below the goal);
 - ``mixed8_over_peft``: ours ÷ PEFT ``generate(adapter_names=...)`` on the
   same batch (goal >= 1.8);
 - ``swap_host_ms`` / ``swap_disk_ms``: one r = 16 adapter from host memory /
@@ -59,6 +63,7 @@ from registry.schemas import SamplingParams  # noqa: E402
 from workers.demo_model import DEMO_BASE  # noqa: E402
 from workers.engine import EngineConfig, LoraEngine  # noqa: E402
 from workers.engine.adapter_weights import read_adapter  # noqa: E402
+from workers.engine.layers import MixedLoRA  # noqa: E402
 from workers.generation import AdapterRef, GenRequest  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -186,15 +191,39 @@ def mixed_vs_base_and_peft(run: Run) -> None:
     t_base = run.time(lambda: engine.generate(base_only))
     t_peft = run.peft_s
     tokens = args.rows * args.new_tokens
+    base_bytes, lora_bytes = step_bytes(engine, run.refs[:8])
+    limit = base_bytes / (base_bytes + lora_bytes)
     emit(
         "mixed8_over_base",
         t_base / t_mixed,
         ours_tok_s=round(tokens / t_mixed, 1),
         base_tok_s=round(tokens / t_base, 1),
         goal=0.9,
+        bytes_limit=round(limit, 4),
+        over_bytes_limit=round(t_base / t_mixed / limit, 4),
+        lora_bytes_over_base=round(lora_bytes / base_bytes, 4),
         **run.common,
     )
     emit("mixed8_over_peft", t_peft / t_mixed, peft_tok_s=round(tokens / t_peft, 1), goal=1.8, **run.common)
+
+
+def step_bytes(engine: LoraEngine, refs: list[AdapterRef]) -> tuple[int, int]:
+    """Weight bytes one decode step reads: the wrapped base modules', and the LoRA weights the grouped
+    products read for these adapters (each at the batch's widest rank, as the layers gather them).
+    A step bound by memory bandwidth runs at most ``base / (base + lora)`` of the base's speed: the
+    limit ``mixed8_over_base`` is shown against."""
+    slots = {engine.adapters.slot_of(ref.key) for ref in refs} - {None}
+    base = lora = 0
+    for layer in engine.runner.layers.values():
+        if not isinstance(layer, MixedLoRA):
+            continue  # the input embedding is a gather: one row per token, not its whole weight
+        size = layer.lora_a.element_size()
+        base += layer.weight.numel() * layer.weight.element_size()
+        ranks = [layer.filled[s] for s in slots if s in layer.filled]
+        if ranks:
+            rank = max(ranks)
+            lora += len(slots) * rank * (layer.in_features + layer.out_features) * size
+    return base, lora
 
 
 def peft_seconds(args: argparse.Namespace, base_dir: Path, paths: list[Path], prompts: list[str]) -> float:
