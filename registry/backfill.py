@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import coverage, shadows, transitions
 from registry.coverage import COMPLETE, PENDING, RUNNING, STATE_ID
-from registry.db import Checkpointer, transaction, write_lock
+from registry.db import transaction, write_lock
 from registry.models import (
     Base,
     Job,
@@ -128,13 +128,11 @@ def run(
 ) -> Progress:
     """Step until complete (or ``should_stop``), pausing between steps at least ``pause_s`` and at
     least as long as the last step took, so that requests and workers get the write lock in between."""
-    wal = Checkpointer(sessions)
     while True:
         started = time.monotonic()
         with transaction(sessions) as session:
             done = step(session, chunk=chunk)
         on_step(done)
-        wal.maybe()
         if done.complete or should_stop():
             return done
         if pause_s:

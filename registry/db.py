@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -70,31 +69,6 @@ def engine_from_settings(settings: DatabaseSettings) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-class Checkpointer:
-    """Keeps a SQLite WAL from growing through a long run of writes (the rollup backfill, the purge).
-
-    SQLite's automatic checkpoints copy the WAL back into the database but can only start it over
-    when no reader is still using it; with requests reading all the time that moment may never
-    come, the WAL grows by every step's pages, and every read gets slower (seen: the requests' p99
-    at 5.5x after a million backfilled jobs). ``PRAGMA wal_checkpoint(RESTART)`` waits, up to the busy
-    timeout, for the readers of the moment to finish, then lets the next write start the WAL over.
-    Called between transactions, at most once per ``every_s``; a no-op elsewhere than SQLite."""
-
-    def __init__(self, factory: sessionmaker[Session], *, every_s: float = 1.0) -> None:
-        self.factory, self.every_s = factory, every_s
-        self._last = time.monotonic()
-
-    def maybe(self) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        with self.factory() as session:
-            conn = session.connection()
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
 
 
 @contextmanager

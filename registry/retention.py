@@ -36,7 +36,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, or_, select, true, u
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from registry import coverage, files, leases, purge_marks
-from registry.db import Checkpointer, transaction
+from registry.db import transaction
 from registry.models import BatchLineError, BatchRow, FileRow, Job, JobMinute, WebhookDelivery, utcnow
 from registry.purge_marks import Kind
 from registry.schemas import JobStatus
@@ -130,7 +130,6 @@ class Purge:
         self.stop = stop or threading.Event()
         self.clock = clock
         self._held = False
-        self._wal = Checkpointer(sessions)
 
     def run(self, now: datetime | None = None) -> Purged:
         """Delete what ``policy`` no longer keeps at ``now`` (default: the clock)."""
@@ -173,7 +172,6 @@ class Purge:
             with transaction(self.sessions) as session:
                 done = step(session)
             busy = time.monotonic() - started
-            self._wal.maybe()
             for path in done.paths:
                 path.unlink(missing_ok=True)
             if done.rows:
