@@ -31,6 +31,14 @@ measured side by side in this one run and printed as one JSON line:
   engine with ``quantize="int8"`` ÷ the same on float32, and its weights'
   MiB ÷ float32's (CPU only: int8 is torch's dynamic int8).
 
+``--shape 7b-layers`` runs two of Llama-2-7B's decoder layers (4096 wide):
+there the 8 adapters' LoRA weights are ~5 % of the base's and the bytes
+limit ~0.95, the share a 7B-class model's r = 16 adapters have, where the
+goal of 0.9 is reachable. ``--figures`` runs a few of the groups (``mixed``,
+``swaps``, ``continuous``, ``single``, ``merge``, ``dora``, ``int8``), e.g.
+``--shape 7b-layers --figures mixed`` on a CPU (a decode step there reads
+1.6 GB of float32 weights).
+
 Run by hand: ``python bench/engine.py [--repeats 3]``.
 """
 
@@ -75,6 +83,18 @@ SHAPES = {
         num_hidden_layers=8,
         num_attention_heads=8,
         num_key_value_heads=8,
+        max_position_embeddings=512,
+        eos_token_id=None,
+        bos_token_id=1,
+        pad_token_id=0,
+    ),
+    "7b-layers": lambda: LlamaConfig(  # two of Llama-2-7B's decoder layers, with the demo's byte vocabulary
+        vocab_size=260,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=32,
         max_position_embeddings=512,
         eos_token_id=None,
         bos_token_id=1,
@@ -158,6 +178,7 @@ class Run:
     base_dir: Path
     paths: list[Path]
     refs: list[AdapterRef]
+    dora: list[AdapterRef]  # 8 DoRA adapters, built only when their figure runs
     engine: LoraEngine
     prompts: list[str]
     peft_s: float  # PEFT on the mixed batch, timed in a process of its own
@@ -386,10 +407,10 @@ def merge_times(run: Run) -> None:
     emit("unmerge_ms", 1000 * statistics.median(unmerges), rank=16, copy_mib=copy_mib, **run.common)
 
 
-def dora_vs_lora(run: Run, dora: list[AdapterRef]) -> None:
+def dora_vs_lora(run: Run) -> None:
     """The mixed batch of 8 DoRA adapters ÷ of 8 plain ones (same ranks and targets)."""
     t_lora = timed(run, run.engine, batch(run, list(run.refs[:8])))
-    t_dora = timed(run, run.engine, batch(run, list(dora)))
+    t_dora = timed(run, run.engine, batch(run, list(run.dora)))
     tokens = run.args.rows * run.args.new_tokens
     emit("dora_mixed_over_lora_mixed", t_lora / t_dora, dora_tok_s=round(tokens / t_dora, 1), **run.common)
 
@@ -424,16 +445,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--figures",
+        default=",".join(FIGURES),
+        help=f"comma-separated groups of figures to run, of {', '.join(FIGURES)} (default: all)",
+    )
     args = parser.parse_args()
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    if unknown := set(figures) - set(FIGURES):
+        parser.error(f"unknown figures {sorted(unknown)}: choose from {', '.join(FIGURES)}")
     with tempfile.TemporaryDirectory(prefix="loraq-bench-engine-") as tmp_name:
         print("building the random base and 8 adapters ...", file=sys.stderr)
         base_dir, paths = build(Path(tmp_name), args.shape, adapters=8, rank=16)
         refs = refs_for(paths, "a")
-        dora = refs_for(build_adapters(Path(tmp_name), base_dir, 8, 16, dora=True), "d")
+        dora = refs_for(build_adapters(Path(tmp_name), base_dir, 8, 16, dora=True), "d") if "dora" in figures else []
         rng = random.Random(0)
         prompts = ["".join(rng.choice("abcdefghij ") for _ in range(24)) for _ in range(args.rows)]
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            peft_s = pool.submit(peft_seconds, args, base_dir, paths, prompts).result()
+        peft_s = float("nan")
+        if "mixed" in figures:
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                peft_s = pool.submit(peft_seconds, args, base_dir, paths, prompts).result()
         engine = LoraEngine(
             EngineConfig(
                 base_model=base_dir,
@@ -452,18 +483,25 @@ def main() -> None:
             base_dir=base_dir,
             paths=paths,
             refs=refs,
+            dora=dora,
             engine=engine,
             prompts=prompts,
             peft_s=peft_s,
         )
-        mixed_vs_base_and_peft(run)
-        swaps(run)
-        continuous_vs_static(run)
-        single_adapter(run)
-        merge_times(run)
-        dora_vs_lora(run, dora)
-        int8_vs_fp32(run)
+        for figure in figures:
+            FIGURES[figure](run)
         engine.close()
+
+
+FIGURES: dict[str, Callable[[Run], None]] = {
+    "mixed": mixed_vs_base_and_peft,
+    "swaps": swaps,
+    "continuous": continuous_vs_static,
+    "single": single_adapter,
+    "merge": merge_times,
+    "dora": dora_vs_lora,
+    "int8": int8_vs_fp32,
+}
 
 
 if __name__ == "__main__":

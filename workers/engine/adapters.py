@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from workers import metrics
-from workers.engine import merge_policy
+from workers.engine import merge_policy, weight_pool
 from workers.engine.adapter_weights import BaseModules, HostAdapter, ModuleDelta, read_adapter
 from workers.engine.config import EngineConfig
 from workers.engine.dora import magnitude_scale
@@ -83,6 +83,7 @@ class AdapterManager:
         self._resident: frozenset[str] = frozenset()
         self._loads = 0
         self._slot_map: list[int] | None = None  # the row -> slot map the layers hold now
+        self._pool = weight_pool.Pool()  # the adapters whose weights the layers hold gathered
         self._ranks: dict[int, int] = {}  # slot -> rank of the adapter in it
         self._rank = 0  # max rank over adapters in slots: the width the layers gather
 
@@ -140,6 +141,7 @@ class AdapterManager:
         self._ranks[slot] = adapter.rank
         self._rank = max(self._ranks.values())
         self._slot_map = None
+        self._pool = weight_pool.Pool()
         self.batch.touch()  # the slot's weights changed: the layers' copies are stale
         self._resident = frozenset(self.slot_names.values())
         self._loads += 1
@@ -165,16 +167,20 @@ class AdapterManager:
         )
         layer.set_dora(slot, g)
 
-    def activate(self, slots: list[int]) -> None:
+    def activate(self, slots: list[int], *, step: Collection[int] = ()) -> None:
         """Tell the layers the row -> slot map of the next forward (re-gathered only when it changed), and
-        merge or unmerge an adapter as the merge policy says for it."""
+        merge or unmerge an adapter as the merge policy says for it. ``step``: the slots of the step's other
+        rows (the running rows, for a join's prefill), which the layers' weight pool then holds too, so the
+        decode after the prefill gathers nothing (:mod:`workers.engine.weight_pool`)."""
         if self.merge_policy is not None:
             self.merge_state = merge_policy.step(self.merge_state, slots, self.merge_policy)
             if self.merger.slot != self.merge_state.merged:
                 self._switch_merge(self.merge_state.merged)
-        if slots != self._slot_map:
+        pool = weight_pool.choose(self._pool, {*slots, *step} if any(slots) else ())
+        if slots != self._slot_map or pool.adapters != self._pool.adapters:
             self._slot_map = slots
-            self.batch.set(slots, self.device, rank=self._rank)
+            self.batch.set(slots, self.device, rank=self._rank, pool=pool.adapters)
+        self._pool = pool
 
     def _switch_merge(self, slot: int) -> None:
         """Unmerge what is merged (exactly), then merge ``slot`` (0: none). A merge that fails (out of
@@ -195,6 +201,7 @@ class AdapterManager:
         """Forget the map the layers hold (a failed step may have left it half set): the next
         :meth:`activate` sets it again."""
         self._slot_map = None
+        self._pool = weight_pool.Pool()
 
     def touch(self, slots: Collection[int]) -> None:
         """Rows just ran in these slots (for least-recently-used eviction)."""

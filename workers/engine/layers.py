@@ -54,14 +54,18 @@ from transformers.pytorch_utils import Conv1D
 class LoRABatch:
     """The row -> slot map of the forward about to run, shared by every wrapped layer.
 
-    Rows are grouped by adapter: ``group_rows`` lists, for each adapter in the
-    batch (``adapters``, ascending slot) and each of ``per_group`` places, a row
-    of that adapter (places beyond an adapter's row count repeat a row; their
-    results are never read). ``row_places`` gives each row its place, and rows
-    without an adapter the extra place after the last (a zero delta, present
-    when ``has_base``). Layers copy the weights of ``adapters`` only
-    when that *set* changes (``weights_version``); rows joining or leaving
-    with adapters already present cost a few index ops, not a weight copy.
+    Rows are grouped by adapter: ``group_rows`` lists, for each adapter whose
+    weights the layers hold gathered (``adapters``, ascending slot: the pool
+    of :mod:`workers.engine.weight_pool`, a superset of the forward's) and
+    each of ``per_group`` places, a row of that adapter (places beyond an
+    adapter's row count, and every place of an adapter with no row in this
+    forward, repeat a row; their results are never read). ``row_places``
+    gives each row its place, and rows without an adapter the extra place
+    after the last (a zero delta, present when ``has_base``). Layers gather
+    the weights of ``adapters`` only when that *set* changes
+    (``weights_version``); rows joining or leaving with adapters already
+    held cost a few index ops, not a weight copy. ``active``: some row of
+    the forward has an adapter (else the layers run the base alone).
     """
 
     adapters: tuple[int, ...] = ()
@@ -70,17 +74,25 @@ class LoRABatch:
     group_rows: torch.Tensor | None = None  # [adapters * per_group]: the row at each grouped place
     row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
     row_slots: torch.Tensor | None = None  # [rows]: each row's slot (DoRA scales, embedding gathers)
+    active: bool = False  # some row has an adapter
     has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
     uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
     rank: int = 0  # the widest rank among loaded slots: columns beyond it are zero and skipped
     weights_version: int = 0
 
-    def set(self, slots: list[int], device: torch.device, *, rank: int) -> None:
-        """``slots``: each row's slot ([rows], 0 = no adapter); ``rank``: the widest rank in any slot."""
-        adapters = tuple(sorted({s for s in slots if s}))
+    def set(
+        self, slots: list[int], device: torch.device, *, rank: int, pool: tuple[int, ...] | None = None
+    ) -> None:
+        """``slots``: each row's slot ([rows], 0 = no adapter); ``rank``: the widest rank in any slot;
+        ``pool``: the adapters whose weights the layers hold, ascending, every adapter of ``slots`` among
+        them (default: exactly those)."""
+        needed = {s for s in slots if s}
+        adapters = tuple(sorted(needed)) if pool is None else pool
+        if not needed <= set(adapters):
+            raise ValueError(f"the weight pool {adapters} lacks adapters of the forward {sorted(needed)}")
         if adapters != self.adapters or rank != self.rank:
             self.weights_version += 1
-        self.adapters, self.rank, self.rows = adapters, rank, len(slots)
+        self.adapters, self.rank, self.rows, self.active = adapters, rank, len(slots), bool(needed)
         members: dict[int, list[int]] = {a: [] for a in adapters}
         for row, slot in enumerate(slots):
             if slot:
@@ -89,9 +101,9 @@ class LoRABatch:
         group_rows: list[int] = []
         places = [len(adapters) * self.per_group] * len(slots)  # the zero place, for base rows
         for g, adapter in enumerate(adapters):
-            rows = members[adapter]
-            group_rows += rows + [rows[0]] * (self.per_group - len(rows))
-            for i, row in enumerate(rows):
+            rows = members[adapter] or [0]  # an adapter of the pool with no row here: its places are padding
+            group_rows += [*rows, *[rows[0]] * self.per_group][: self.per_group]
+            for i, row in enumerate(members[adapter]):
                 places[row] = g * self.per_group + i
         self.has_base = 0 in slots
         self.uniform = not self.has_base and places == list(range(len(slots))) and len(group_rows) == len(slots)
@@ -195,7 +207,7 @@ class SlotLayer(nn.Module):
         """``x``: [rows, steps, ...] (leading size ``batch.rows``) -> the base's output plus each row's delta."""
         y: torch.Tensor = self.base(x)
         batch = self.batch
-        if self.merged or not batch.adapters:
+        if self.merged or not batch.active:
             return y
         if self._version != batch.weights_version:
             self.refresh()

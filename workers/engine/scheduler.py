@@ -80,7 +80,8 @@ class Adapters(Protocol):
 
     def wait_for_load(self) -> None: ...
 
-    def activate(self, slots: list[int]) -> None: ...
+    def activate(self, slots: list[int], *, step: Collection[int] = ()) -> None:
+        """The next forward runs rows in ``slots``; ``step``: the slots of the step's other rows."""
 
     def deactivate(self) -> None: ...
 
@@ -184,7 +185,7 @@ class Scheduler:
     def _advance(self, joined: list[Row]) -> list[Row]:
         running = self.running
         if joined:
-            self._forward(self.runner.prefill, joined)
+            self._forward(self.runner.prefill, joined, running=running)
             running = self._retire(running + joined)
         if running:
             self._forward(self.runner.decode, running)
@@ -194,8 +195,12 @@ class Scheduler:
             running = self._retire(running)
         return running
 
-    def _forward(self, forward: Callable[[Sequence[Row]], None], rows: list[Row]) -> None:
-        self.adapters.activate([r.slot for r in rows])
+    def _forward(
+        self, forward: Callable[[Sequence[Row]], None], rows: list[Row], *, running: Sequence[Row] = ()
+    ) -> None:
+        """``running``: at a join's prefill, the rows the decode after it runs too (their adapters stay
+        gathered in the layers through the prefill)."""
+        self.adapters.activate([r.slot for r in rows], step={r.slot for r in running})
         forward(rows)
         self.adapters.touch({r.slot for r in rows if r.slot})  # once per slot in use, not once per row
         if self.deltas is not None:

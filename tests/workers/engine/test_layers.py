@@ -29,6 +29,7 @@ from tests.workers.engine_models import (
     save_adapter,
 )
 from workers.engine import EngineConfig, LoraEngine
+from workers.engine.layers import LoRABatch, MixedLoRA
 from workers.errors import AdapterRefused
 from workers.generation import AdapterRef, GenRequest
 
@@ -178,3 +179,23 @@ def test_peft_default_saved_copies_of_the_embedding_and_head_are_served_only_if_
     with pytest.raises(AdapterRefused) as info:
         eng.generate([request("x", "hi", adapter_ref(path, "another-copy"))])
     assert info.value.code == "adapter_base_mismatch"
+
+
+def test_a_weight_pool_holding_adapters_no_row_uses_changes_no_rows_output() -> None:
+    """The layers may hold more adapters gathered than a forward uses (the weight pool); their groups
+    are padding, and every row's output is what the exact set gives, DoRA and base rows included."""
+    torch.manual_seed(0)
+    batch = LoRABatch()
+    layer = MixedLoRA(torch.nn.Linear(6, 5), slots=4, r_max=2, batch=batch)
+    for slot in (1, 2, 3):
+        layer.load_slot(slot, torch.randn(6, 2), torch.randn(2, 5))
+    layer.set_dora(3, torch.rand(5) + 0.5)
+    x = torch.randn(4, 2, 6)
+    cpu = torch.device("cpu")
+    for slots in ([2, 0, 2, 3], [3, 3, 3, 3], [0, 0, 0, 0]):
+        batch.set(slots, cpu, rank=2)
+        exact = layer(x)
+        batch.set(slots, cpu, rank=2, pool=(1, 2, 3))
+        torch.testing.assert_close(layer(x), exact)
+    with pytest.raises(ValueError, match="lacks adapters"):
+        batch.set([1, 2], cpu, rank=2, pool=(2, 3))

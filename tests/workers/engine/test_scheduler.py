@@ -82,6 +82,7 @@ class FakeAdapters:
         self.loading: set[str] = set()
         self.failed: dict[str, BaseException] = {}
         self.active: list[int] | None = None
+        self.calls: list[tuple[list[int], set[int]]] = []  # each activate(): the forward's slots, the step's others
 
     def slot_of(self, key: str) -> int | None:
         return self.slots.index(key) + 1 if key in self.slots else None
@@ -109,8 +110,9 @@ class FakeAdapters:
     def wait_for_load(self) -> None:
         pass
 
-    def activate(self, slots: list[int]) -> None:
+    def activate(self, slots: list[int], *, step: Collection[int] = ()) -> None:
         self.active = slots
+        self.calls.append((slots, set(step)))
 
     def deactivate(self) -> None:
         self.active = None
@@ -271,6 +273,19 @@ def test_the_forward_runs_with_its_rows_slots_activated() -> None:
     sched.receive(block=False)
     sched.step()
     assert adapters.active == [0, 1]
+
+
+def test_a_joins_prefill_holds_the_running_rows_adapters_for_the_decode_after_it() -> None:
+    adapters = FakeAdapters()
+    sched, _ = scheduler(max_rows=2, adapters=adapters)
+    sched.submit([row("first", adapter="a", cap=10)])
+    sched.receive(block=False)
+    sched.step()
+    sched.submit([row("joins", adapter="b", cap=10)])
+    sched.receive(block=False)
+    adapters.calls.clear()
+    sched.step()
+    assert adapters.calls == [([2], {1}), ([1, 2], set())]  # the prefill, then the decode of both
 
 
 def test_generate_returns_results_in_order_and_raises_the_first_row_error_after_all_ended() -> None:
