@@ -167,19 +167,20 @@ class AdapterManager:
         )
         layer.set_dora(slot, g)
 
-    def activate(self, slots: list[int], *, step: Collection[int] = ()) -> None:
+    def activate(self, slots: list[int], *, step: Collection[int] = (), tokens: list[int] | None = None) -> None:
         """Tell the layers the row -> slot map of the next forward (re-gathered only when it changed), and
         merge or unmerge an adapter as the merge policy says for it. ``step``: the slots of the step's other
         rows (the running rows, for a join's prefill), which the layers' weight pool then holds too, so the
-        decode after the prefill gathers nothing (:mod:`workers.engine.weight_pool`)."""
+        decode after the prefill gathers nothing (:mod:`workers.engine.weight_pool`); ``tokens``: each row's
+        tokens in a packed forward (:meth:`~workers.engine.runner.Runner.packed`)."""
         if self.merge_policy is not None:
             self.merge_state = merge_policy.step(self.merge_state, slots, self.merge_policy)
             if self.merger.slot != self.merge_state.merged:
                 self._switch_merge(self.merge_state.merged)
         pool = weight_pool.choose(self._pool, {*slots, *step} if any(slots) else ())
-        if slots != self._slot_map or pool.adapters != self._pool.adapters:
-            self._slot_map = slots
-            self.batch.set(slots, self.device, rank=self._rank, pool=pool.adapters)
+        if tokens is not None or slots != self._slot_map or pool.adapters != self._pool.adapters:
+            self._slot_map = slots if tokens is None else None  # a packed map is never the next forward's
+            self.batch.set(slots, self.device, rank=self._rank, pool=pool.adapters, tokens=tokens)
         self._pool = pool
 
     def _switch_merge(self, slot: int) -> None:

@@ -31,6 +31,7 @@ class EngineConfig:
     merge_adapters: bool = True  # merged fast path for single-adapter batches (reserves a copy of the weights)
     embedding_lora: bool = True  # the input embedding and the LM head take adapters (2 x slots x vocab x r_max)
     quantize: Literal["none", "int8"] = "none"  # the shared base's block linears (int8: CPU, float32)
+    packed_steps: bool = True  # rows join in the decode step's forward (SDPA models), not a prefill of their own
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> EngineConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.engine.layers import LoRABatch, SlotLayer
+from workers.engine.layers import LoRABatch, RowMap, SlotLayer
 
 
 class MixedEmbedding(SlotLayer):
@@ -24,14 +24,17 @@ class MixedEmbedding(SlotLayer):
         vocab, dim = base.weight.shape
         super().__init__(base, in_f=int(vocab), out_f=int(dim), transposed=True, slots=slots, r_max=r_max, batch=batch)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def vectors(self, x: torch.Tensor) -> int:
+        return x.numel()  # token ids, one per vector
+
+    def delta(self, x: torch.Tensor, m: RowMap) -> torch.Tensor:
         """``x``: token ids [rows, steps] -> [rows, steps, dim]."""
-        batch = self.batch
-        assert batch.row_slots is not None
-        ids = x.reshape(batch.rows, -1)
-        flat = (batch.row_slots.unsqueeze(1) * self.in_features + ids).reshape(-1)
-        after_a = self.lora_a.view(-1, self.r_max).index_select(0, flat)[:, : batch.rank]  # [rows * steps, r]
-        b = self.lora_b[:, : batch.rank, :].index_select(0, batch.row_slots)  # [rows, r, dim]
-        d = torch.bmm(after_a.view(batch.rows, ids.shape[1], -1), b)
+        rank = self.batch.rank
+        assert m.row_slots is not None
+        ids = x.reshape(m.rows, -1)
+        flat = (m.row_slots.unsqueeze(1) * self.in_features + ids).reshape(-1)
+        after_a = self.lora_a.view(-1, self.r_max).index_select(0, flat)[:, :rank]  # [rows * steps, r]
+        b = self.lora_b[:, :rank, :].index_select(0, m.row_slots)  # [rows, r, dim]
+        d = torch.bmm(after_a.view(m.rows, ids.shape[1], -1), b)
         scale: torch.Tensor | None = getattr(self.base, "embed_scale", None)  # Gemma-style scaled embeddings
         return d if scale is None else d * scale.to(d.dtype)

@@ -32,6 +32,7 @@ from transformers.cache_utils import CacheLayerMixin
 
 from workers.engine.kv_slots import compact
 
+SLOT_ATTENTION = "loraq_slots"  # the attention implementation of workers.engine.packed_attention
 AttentionMask = torch.Tensor | dict[str, torch.Tensor]  # one mask, or one per layer type (mixed sliding windows)
 
 
@@ -64,13 +65,27 @@ class _PrefilledLayer(Protocol):
     values: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A packed step: ``decode`` running rows' one token each, then each joining row's prompt left-padded
+    to ``width``, in one sequence ``[1, decode + joining * width]`` (see :meth:`KVBatch.packed_inputs`)."""
+
+    decode: int  # running rows: tokens 0..decode-1, slots 0..decode-1
+    joining: int  # rows whose prompts follow, taking the next slots
+    width: int  # each joining row's tokens in the sequence, its prompt right-aligned
+    real: torch.Tensor  # [tokens written]: where in the sequence each token the cache keeps sits
+    decode_mask: AttentionMask  # the running rows' queries over their slots' first ``length`` columns
+    prompt_mask: AttentionMask  # [joining, 1, width, width]: causal within each prompt, padding hidden
+
+
 @dataclass
 class _Step:
-    """The decode step in progress, shared by every layer: rows, attended length, where each row writes."""
+    """The step in progress, shared by every layer: rows, attended length, where each new vector goes."""
 
-    rows: int = 0
+    rows: int = 0  # running rows attending their slots (a decode step's, or a packed step's decode rows)
     length: int = 0  # columns attended: the longest row's, including this step's token
-    targets: torch.Tensor | None = None  # [rows * kv_heads]: (slot, head, column) of each new vector, flattened
+    targets: torch.Tensor | None = None  # (slot, head, column) of each new vector, flattened
+    packed: Packed | None = None
 
 
 class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transformers' __init_subclass__ is untyped
@@ -95,6 +110,13 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transform
         (one row copy per head, through the flat view); return the running rows' keys and values up to
         the step's length (views, no copy)."""
         step = self._step
+        if step.packed is not None and step.targets is not None:
+            # [1, kv_heads, tokens, dim] in (head, token) order once flattened; padding is not kept
+            keys, values = self._flat
+            for flat, new in ((keys, key_states), (values, value_states)):
+                kept = new[0].index_select(1, step.packed.real)  # [kv_heads, tokens kept, dim]
+                flat.index_copy_(0, step.targets, kept.reshape(-1, flat.shape[1]))
+            return key_states, value_states  # the packed attention reads the slots and these itself
         if step.targets is None or key_states.shape[0] != step.rows or key_states.shape[2] != 1:
             raise RuntimeError("the slot cache takes one token per running row, after KVBatch.decode_inputs")
         keys, values = self._flat
@@ -133,6 +155,8 @@ class _Masks:
         cfg = model_config.get_text_config()
         self.dtype = dtype
         self.implementation = str(getattr(cfg, "_attn_implementation", None) or "sdpa")
+        if self.implementation == SLOT_ATTENTION:  # SDPA, packed steps aside (workers.engine.packed_attention)
+            self.implementation = "sdpa"
         if self.implementation not in ("sdpa", "eager"):
             raise ValueError(f"the KV cache builds masks for sdpa and eager attention, not {self.implementation}")
         types = set(getattr(cfg, "layer_types", None) or [])
@@ -146,16 +170,28 @@ class _Masks:
     def build(self, columns: torch.Tensor, length: int) -> AttentionMask:
         """``columns`` [rows]: each row's query column (its position); keys ``0..length-1``."""
         keys = torch.arange(length, device=columns.device)
-        visible = keys[None, :] <= columns[:, None]  # [rows, length]
+        return self._windowed(keys[None, None, :] <= columns[:, None, None], columns[:, None, None], keys)
+
+    def prompts(self, lengths: torch.Tensor, width: int) -> AttentionMask:
+        """Prompts of ``lengths`` right-aligned in ``width`` columns: each query sees its prompt's keys up to
+        itself (a padding query sees its own column only, so its softmax stays finite; it is never read)."""
+        cols = torch.arange(width, device=lengths.device)
+        start = (width - lengths)[:, None, None]  # [rows, 1, 1]: the first column of each prompt
+        queries, keys = cols[None, :, None], cols[None, None, :]
+        visible = (keys <= queries) & ((keys >= start) | (keys == queries))  # [rows, width, width]
+        return self._windowed(visible, queries.expand(len(lengths), width, 1), keys)
+
+    def _windowed(self, visible: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> AttentionMask:
+        """``visible`` [rows, queries, keys] causal; sliding-window layers also drop keys past the window."""
         if self.window is None:
             return self._shaped(visible)
-        windowed = visible & (keys[None, :] > columns[:, None] - self.window)
+        windowed = visible & (keys > queries - self.window)
         if self.mixed:
             return {"full_attention": self._shaped(visible), "sliding_attention": self._shaped(windowed)}
         return self._shaped(windowed)
 
     def _shaped(self, visible: torch.Tensor) -> torch.Tensor:
-        mask = visible[:, None, None, :]
+        mask = visible[:, None, :, :]
         if self.implementation == "sdpa":
             return mask
         additive = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device)
@@ -200,6 +236,11 @@ class KVBatch:
     @property
     def layers(self) -> list[_SlotLayer]:
         return cast("list[_SlotLayer]", self.cache.layers)
+
+    @property
+    def attended(self) -> int:
+        """Columns the running rows attend in the step in progress (their longest, with its new token)."""
+        return self._step.length
 
     @property
     def nbytes(self) -> int:
@@ -259,14 +300,64 @@ class KVBatch:
         step.rows, step.length = len(self.lengths), max(self.lengths) + 1
         slots = torch.arange(step.rows, device=self.device)[:, None]
         step.targets = (((slots * self._heads.shape[1] + self._heads) * self.row_tokens) + columns[:, None]).view(-1)
+        step.packed = None
         self.lengths = [n + 1 for n in self.lengths]
         return columns[:, None], self._masks.build(columns, step.length)
+
+    def packed_inputs(self, prompts: list[int]) -> tuple[torch.Tensor, Packed]:
+        """Position ids ``[1, tokens]`` and the layout of a packed step: the running rows' next tokens, then
+        joining rows' prompts of ``prompts`` tokens each, left-padded to the longest. The step's forward
+        writes every kept token at its row's column in place (the joining rows take the next slots, each
+        prompt from column 0), so the running rows grow by one and the joining rows join with their prompts.
+        """
+        n, k = len(self.lengths), len(prompts)
+        if not n or not k:
+            raise RuntimeError("a packed step has running rows and joining rows")
+        if n + k > self.slots or max(prompts) > self.row_tokens or max(self.lengths) >= self.row_tokens:
+            raise KVCacheFull(
+                f"{n} + {k} rows (longest prompt {max(prompts)}) in {self.slots} KV slots of {self.row_tokens} tokens"
+            )
+        self._sync_written()
+        for slot, length in enumerate(prompts, start=n):  # zero what earlier rows left past the prompt
+            if self._written[slot] > length:
+                for layer in self.layers:
+                    layer.keys[slot, :, length : self._written[slot]] = 0
+                    layer.values[slot, :, length : self._written[slot]] = 0
+        width = max(prompts)
+        real = list(range(n))
+        slots, columns, positions = list(range(n)), list(self.lengths), list(self.lengths)
+        for j, length in enumerate(prompts):
+            first = n + j * width + width - length
+            real += range(first, first + length)
+            slots += [n + j] * length
+            columns += range(length)
+            positions += [0] * (width - length) + list(range(length))
+        heads = self._heads.shape[1]
+        slot_t = torch.tensor(slots, device=self.device)
+        column_t = torch.tensor(columns, device=self.device)
+        head_t = self._heads.view(-1, 1)  # [kv_heads, 1]: targets in (head, token) order
+        step = self._step
+        step.rows, step.length = n, max(self.lengths) + 1
+        step.targets = (((slot_t[None, :] * heads + head_t) * self.row_tokens) + column_t[None, :]).view(-1)
+        decoding = torch.tensor(self.lengths, device=self.device)
+        step.packed = Packed(
+            decode=n,
+            joining=k,
+            width=width,
+            real=torch.tensor(real, device=self.device),
+            decode_mask=self._masks.build(decoding, step.length),
+            prompt_mask=self._masks.prompts(torch.tensor(prompts, device=self.device), width),
+        )
+        self._written[n : n + k] = prompts
+        self.lengths = [length + 1 for length in self.lengths] + prompts
+        return torch.tensor(positions, device=self.device)[None, :], step.packed
 
     def clear(self) -> None:
         """Drop every row (after a failed step); the slots stay allocated."""
         self._sync_written()
         self.lengths = []
         self._step.targets = None
+        self._step.packed = None
 
     def _sync_written(self) -> None:
         for slot, length in enumerate(self.lengths):

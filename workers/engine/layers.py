@@ -43,73 +43,118 @@ manager sets it only while every row of the batch uses that adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 
-@dataclass
-class LoRABatch:
-    """The row -> slot map of the forward about to run, shared by every wrapped layer.
+@dataclass(frozen=True)
+class RowMap:
+    """How the rows of one forward group by adapter, for the grouped products.
 
-    Rows are grouped by adapter: ``group_rows`` lists, for each adapter whose
-    weights the layers hold gathered (``adapters``, ascending slot: the pool
-    of :mod:`workers.engine.weight_pool`, a superset of the forward's) and
-    each of ``per_group`` places, a row of that adapter (places beyond an
-    adapter's row count, and every place of an adapter with no row in this
-    forward, repeat a row; their results are never read). ``row_places``
-    gives each row its place, and rows without an adapter the extra place
-    after the last (a zero delta, present when ``has_base``). Layers gather
-    the weights of ``adapters`` only when that *set* changes
-    (``weights_version``); rows joining or leaving with adapters already
-    held cost a few index ops, not a weight copy. ``active``: some row of
-    the forward has an adapter (else the layers run the base alone).
+    ``group_rows`` lists, for each adapter whose weights the layers hold
+    gathered (the batch's ``adapters``) and each of ``per_group`` places, a
+    row of that adapter (places beyond an adapter's row count, and every
+    place of an adapter with no row in this forward, repeat a row; their
+    results are never read). ``row_places`` gives each row its place, and
+    rows without an adapter the extra place after the last (a zero delta,
+    present when ``has_base``).
     """
 
-    adapters: tuple[int, ...] = ()
     rows: int = 0
     per_group: int = 0
     group_rows: torch.Tensor | None = None  # [adapters * per_group]: the row at each grouped place
     row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
     row_slots: torch.Tensor | None = None  # [rows]: each row's slot (DoRA scales, embedding gathers)
-    active: bool = False  # some row has an adapter
     has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
     uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
+
+
+def row_map(slots: list[int], adapters: tuple[int, ...], device: torch.device) -> RowMap:
+    """``slots``: each row's slot (0 = no adapter), every one among ``adapters`` (ascending)."""
+    members: dict[int, list[int]] = {a: [] for a in adapters}
+    for row, slot in enumerate(slots):
+        if slot:
+            members[slot].append(row)
+    per_group = max((len(m) for m in members.values()), default=0)
+    group_rows: list[int] = []
+    places = [len(adapters) * per_group] * len(slots)  # the zero place, for base rows
+    for g, adapter in enumerate(adapters):
+        rows = members[adapter] or [0]  # an adapter of the pool with no row here: its places are padding
+        group_rows += [*rows, *[rows[0]] * per_group][:per_group]
+        for i, row in enumerate(members[adapter]):
+            places[row] = g * per_group + i
+    has_base = 0 in slots
+    return RowMap(
+        rows=len(slots),
+        per_group=per_group,
+        group_rows=torch.tensor(group_rows, dtype=torch.long, device=device),
+        row_places=torch.tensor(places, dtype=torch.long, device=device),
+        row_slots=torch.tensor(slots, dtype=torch.long, device=device),
+        has_base=has_base,
+        uniform=not has_base and places == list(range(len(slots))) and len(group_rows) == len(slots),
+    )
+
+
+@dataclass
+class LoRABatch:
+    """The row -> slot map of the forward about to run, shared by every wrapped layer.
+
+    ``adapters``: the adapters whose weights the layers hold gathered
+    (ascending slot: the pool of :mod:`workers.engine.weight_pool`, a
+    superset of the forward's). Layers gather them only when that *set*
+    changes (``weights_version``); rows joining or leaving with adapters
+    already held cost a few index ops, not a weight copy. ``active``: some
+    row of the forward has an adapter (else the layers run the base alone).
+
+    A packed forward (:meth:`~workers.engine.runner.Runner.fused`: decode
+    rows' tokens and joining rows' prompts in one sequence) also has
+    ``packed``, the map of its tokens, which the decoder's modules see; its
+    LM head sees one vector per row and uses ``map``. A module picks the map
+    whose row count its input has (:meth:`map_for`).
+    """
+
+    adapters: tuple[int, ...] = ()
+    map: RowMap = field(default_factory=RowMap)
+    packed: RowMap | None = None
+    active: bool = False  # some row has an adapter
     rank: int = 0  # the widest rank among loaded slots: columns beyond it are zero and skipped
     weights_version: int = 0
 
     def set(
-        self, slots: list[int], device: torch.device, *, rank: int, pool: tuple[int, ...] | None = None
+        self,
+        slots: list[int],
+        device: torch.device,
+        *,
+        rank: int,
+        pool: tuple[int, ...] | None = None,
+        tokens: list[int] | None = None,
     ) -> None:
         """``slots``: each row's slot ([rows], 0 = no adapter); ``rank``: the widest rank in any slot;
         ``pool``: the adapters whose weights the layers hold, ascending, every adapter of ``slots`` among
-        them (default: exactly those)."""
+        them (default: exactly those); ``tokens``: for a packed forward, each row's tokens in it, in order."""
         needed = {s for s in slots if s}
         adapters = tuple(sorted(needed)) if pool is None else pool
         if not needed <= set(adapters):
             raise ValueError(f"the weight pool {adapters} lacks adapters of the forward {sorted(needed)}")
         if adapters != self.adapters or rank != self.rank:
             self.weights_version += 1
-        self.adapters, self.rank, self.rows, self.active = adapters, rank, len(slots), bool(needed)
-        members: dict[int, list[int]] = {a: [] for a in adapters}
-        for row, slot in enumerate(slots):
-            if slot:
-                members[slot].append(row)
-        self.per_group = max((len(m) for m in members.values()), default=0)
-        group_rows: list[int] = []
-        places = [len(adapters) * self.per_group] * len(slots)  # the zero place, for base rows
-        for g, adapter in enumerate(adapters):
-            rows = members[adapter] or [0]  # an adapter of the pool with no row here: its places are padding
-            group_rows += [*rows, *[rows[0]] * self.per_group][: self.per_group]
-            for i, row in enumerate(members[adapter]):
-                places[row] = g * self.per_group + i
-        self.has_base = 0 in slots
-        self.uniform = not self.has_base and places == list(range(len(slots))) and len(group_rows) == len(slots)
-        self.group_rows = torch.tensor(group_rows, dtype=torch.long, device=device)
-        self.row_places = torch.tensor(places, dtype=torch.long, device=device)
-        self.row_slots = torch.tensor(slots, dtype=torch.long, device=device)
+        self.adapters, self.rank, self.active = adapters, rank, bool(needed)
+        self.map = row_map(slots, adapters, device)
+        self.packed = None
+        if tokens is not None:
+            if len(tokens) != len(slots):
+                raise ValueError(f"{len(tokens)} token counts for {len(slots)} rows")
+            expanded = [slot for slot, n in zip(slots, tokens, strict=True) for _ in range(n)]
+            self.packed = row_map(expanded, adapters, device)
+
+    def map_for(self, vectors: int) -> RowMap:
+        """The map for a module input of ``vectors`` vectors (rows x steps, or a packed forward's tokens)."""
+        if self.packed is not None and vectors == self.packed.rows:
+            return self.packed
+        return self.map
 
     def touch(self) -> None:
         """A slot's weights changed: every layer re-copies the batch's adapters."""
@@ -199,12 +244,17 @@ class SlotLayer(nn.Module):
         self._skip = not (set(batch.adapters) & self.filled.keys())
         self._dora_active = bool(set(batch.adapters) & self.dora)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def vectors(self, x: torch.Tensor) -> int:
+        """How many input vectors ``x`` holds (rows x steps): which of the batch's maps it is for."""
+        return x.shape[:-1].numel()
+
+    def delta(self, x: torch.Tensor, m: RowMap) -> torch.Tensor:
         """Each row's ``x @ A[slot] @ B[slot]``, [rows, steps, out] in row order (zero for base rows)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: [rows, steps, ...] (leading size ``batch.rows``) -> the base's output plus each row's delta."""
+        """``x``: [rows, steps, ...] (a packed forward's: [1, tokens, ...]) -> the base's output plus each row's
+        delta."""
         y: torch.Tensor = self.base(x)
         batch = self.batch
         if self.merged or not batch.active:
@@ -213,12 +263,13 @@ class SlotLayer(nn.Module):
             self.refresh()
         if self._skip:
             return y
-        d = self.delta(x)
-        y3 = y.reshape(batch.rows, -1, self.out_features)
+        m = batch.map_for(self.vectors(x))
+        d = self.delta(x, m)
+        y3 = y.reshape(m.rows, -1, self.out_features)
         if not self._dora_active:
             return (y3 + d).reshape(y.shape)
-        assert batch.row_slots is not None
-        g = self.dora_g.index_select(0, batch.row_slots).unsqueeze(1)  # [rows, 1, out]
+        assert m.row_slots is not None
+        g = self.dora_g.index_select(0, m.row_slots).unsqueeze(1)  # [rows, 1, out]
         bias: torch.Tensor | None = getattr(self.base, "bias", None)
         plain = y3 if bias is None else y3 - bias
         return (y3 + (g - 1) * plain + g * d).reshape(y.shape)
@@ -259,18 +310,17 @@ class MixedLoRA(SlotLayer):
         self._a = self.lora_a[:, :, : batch.rank].index_select(0, index)
         self._b = self.lora_b[:, : batch.rank, :].index_select(0, index)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor, m: RowMap) -> torch.Tensor:
         assert self._a is not None and self._b is not None
-        batch = self.batch
-        groups = len(batch.adapters)
-        x3 = x.reshape(batch.rows, -1, self.in_features)
+        groups = len(self.batch.adapters)
+        x3 = x.reshape(m.rows, -1, self.in_features)
         steps = x3.shape[1]
-        if batch.uniform:  # rows already sit in adapter order, one full group each: views only
+        if m.uniform:  # rows already sit in adapter order, one full group each: views only
             xg = x3.reshape(groups, -1, self.in_features)
-            return torch.bmm(torch.bmm(xg, self._a), self._b).reshape(batch.rows, steps, self.out_features)
-        assert batch.group_rows is not None and batch.row_places is not None
-        xg = x3.index_select(0, batch.group_rows).reshape(groups, batch.per_group * steps, self.in_features)
-        d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * batch.per_group, steps, self.out_features)
-        if batch.has_base:
+            return torch.bmm(torch.bmm(xg, self._a), self._b).reshape(m.rows, steps, self.out_features)
+        assert m.group_rows is not None and m.row_places is not None
+        xg = x3.index_select(0, m.group_rows).reshape(groups, m.per_group * steps, self.in_features)
+        d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * m.per_group, steps, self.out_features)
+        if m.has_base:
             d = torch.cat([d, d.new_zeros(1, steps, self.out_features)])
-        return d.index_select(0, batch.row_places)
+        return d.index_select(0, m.row_places)

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 
 from registry.schemas import GenerationResult, SamplingParams
 from workers.decoding import finish_row, streamable_text
+from workers.engine import packed_attention
 from workers.engine.config import EngineConfig
 from workers.engine.kv import KVBatch
 from workers.engine.layers import LoRABatch, SlotLayer
@@ -48,6 +49,9 @@ class Runner:
             self.model, slots=config.max_loras + 1, r_max=config.max_lora_rank, embeddings=config.embedding_lora
         )
         self.quantized = quantize_base(self.layers, mode=config.quantize, device=self.device, dtype=self.dtype)
+        # Joins ride a decode step's forward, except on the int8 base: torch's dynamic int8 scales each
+        # linear's input as one tensor, and a prompt's larger activations would coarsen the decode rows'.
+        self.packs = config.packed_steps and not self.quantized and packed_attention.install(self.model)
         self.module_names = frozenset(name for name, _ in self.model.named_modules())
         eos = self.model.generation_config.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -104,6 +108,38 @@ class Runner:
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.kv.cache, use_cache=True
         )
         self._append(rows, out.logits[:, -1, :])
+
+    def packed_tokens(self, running: Sequence[Row], joining: Sequence[Row]) -> list[int] | None:
+        """Each row's tokens in a packed step of ``running`` then ``joining`` (:meth:`packed`), or None
+        where this runner runs a join as a prefill of its own."""
+        if not self.packs or not running or not joining:
+            return None
+        width = max(len(r.prompt_ids) for r in joining)
+        return [1] * len(running) + [width] * len(joining)
+
+    @torch.inference_mode()
+    def packed(self, running: Sequence[Row], joining: Sequence[Row]) -> None:
+        """One forward for a decode step of ``running`` and the prefill of ``joining``: every row gets one
+        token, and the joining rows' KV joins the batch's after the running rows'."""
+        positions, layout = self.kv.packed_inputs([len(r.prompt_ids) for r in joining])
+        n, width = layout.decode, layout.width
+        ids = torch.full((1, n + layout.joining * width), self.pad_id, dtype=torch.long)
+        ids[0, :n] = torch.tensor([r.tokens[-1] for r in running])
+        for j, r in enumerate(joining):
+            end = n + (j + 1) * width
+            ids[0, end - len(r.prompt_ids) : end] = torch.tensor(r.prompt_ids)
+        last = torch.tensor([*range(n), *(n + (j + 1) * width - 1 for j in range(layout.joining))], device=self.device)
+        unused = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # the packed attention masks itself
+        with packed_attention.packed_step(self.kv, layout):
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=unused,
+                position_ids=positions,
+                cache=self.kv.cache,
+                use_cache=True,
+                logits_to_keep=last,
+            )
+        self._append([*running, *joining], out.logits[0])
 
     @torch.inference_mode()
     def score(self, rows: Sequence[Row]) -> list[torch.Tensor]:

@@ -103,6 +103,45 @@ def test_sliding_window_layers_see_only_their_window_and_a_mixed_model_gets_a_ma
     assert masks["sliding_attention"][0, 0, 0].tolist() == [False, False, False, True, True]
 
 
+def test_a_packed_step_writes_decode_tokens_at_their_columns_and_prompts_into_new_slots_from_column_zero() -> None:
+    kv = batch(slots=4)
+    kv.add(prefilled([3, 5, 7], first=100.0), [3, 5, 7])
+    kv.keep([0, 1])  # slot 2 keeps what its 7-token row wrote: the packed step must clear it
+    positions, packed = kv.packed_inputs([2, 4])
+    assert positions.tolist() == [[3, 5, 0, 0, 0, 1, 0, 1, 2, 3]]  # 2 decode tokens, then prompts padded to 4
+    assert (packed.decode, packed.joining, packed.width) == (2, 2, 4)
+    assert packed.real.tolist() == [0, 1, 4, 5, 6, 7, 8, 9]  # the padding (tokens 2, 3) is never kept
+    new = torch.arange(10, dtype=torch.float).view(1, 1, 10, 1).expand(1, 2, 10, 4) + 900
+    keys, _ = kv.cache.update(new, new, 0)
+    assert keys is new  # the packed attention reads the step's own keys for the prompts
+    slots = kv.layers[0].keys[:, 1, :, 0].tolist()
+    assert slots[0][:5] == [100, 101, 102, 900, 0] and slots[1][:7] == [110, 111, 112, 113, 114, 901, 0]
+    assert slots[2] == [904, 905, 0, 0, 0, 0, 0, 0] and slots[3] == [906, 907, 908, 909, 0, 0, 0, 0]
+    assert kv.lengths == [4, 6, 2, 4]
+    prompt_mask = packed.prompt_mask
+    assert isinstance(prompt_mask, torch.Tensor) and prompt_mask.shape == (2, 1, 4, 4)
+    assert prompt_mask[0, 0].tolist() == [  # the 2-token prompt sits in columns 2 and 3
+        [True, False, False, False],  # padding sees itself only (finite, never read)
+        [False, True, False, False],
+        [False, False, True, False],
+        [False, False, True, True],
+    ]
+    decode_mask = packed.decode_mask
+    assert isinstance(decode_mask, torch.Tensor) and decode_mask[:, 0, 0].tolist() == [
+        [True] * 4 + [False] * 2,
+        [True] * 6,
+    ]
+
+
+def test_a_packed_step_needs_running_and_joining_rows_and_room_for_both() -> None:
+    kv = batch(slots=2)
+    with pytest.raises(RuntimeError, match="running rows and joining rows"):
+        kv.packed_inputs([2])
+    kv.add(prefilled([3], first=0.0), [3])
+    with pytest.raises(KVCacheFull, match="1 \\+ 2 rows"):
+        kv.packed_inputs([1, 1])
+
+
 def test_compaction_moves_one_row_per_hole_lowest_first_and_keeps_the_rest_in_place() -> None:
     assert compact([0, 1, 2], rows=3).moves == []
     plan = compact([0, 3, 5, 6], rows=7)

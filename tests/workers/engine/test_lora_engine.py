@@ -7,7 +7,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -26,6 +26,7 @@ from workers.engine import EngineConfig, LoraEngine
 from workers.engine import adapters as adapters_module
 from workers.engine import scheduler as scheduler_module
 from workers.engine.memory import BudgetTooSmall
+from workers.engine.row import Row
 from workers.errors import AdapterLoadFailed, PromptTooLong
 from workers.generation import AdapterRef, GenRequest
 
@@ -59,7 +60,9 @@ def test_the_demo_skills_in_one_mixed_batch_each_follow_their_rule() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
-def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(tmp_path: Path, family: str) -> None:
+def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(
+    tmp_path: Path, family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base_dir = build_base(family, tmp_path / "base", seed=3)
     base = load_base(base_dir)
     targets = {"gpt2": ["c_attn", "c_fc"]}.get(family, ["q_proj", "v_proj", "down_proj"])
@@ -72,10 +75,25 @@ def test_greedy_generation_is_token_identical_to_peft_generate_per_adapter(tmp_p
     eng = LoraEngine(EngineConfig(base_model=base_dir, max_rows=4, max_loras=2, max_lora_rank=8, memory_budget_mb=64))
     prompts = ["hello there", "abc", "a much longer prompt here", "xyz 123", "q", "mixed batch"]
     requests = [req(str(i), p, [None, *refs][i % 3], max_tokens=6 + 3 * i) for i, p in enumerate(prompts)]
+    packed = packed_steps(eng, monkeypatch)
     ours = eng.generate(requests)
+    assert packed, "rows joined running rows in packed steps"
     for r, got in zip(requests, ours, strict=True):
         model = peft_alone(base, paths[refs.index(r.adapter)] if r.adapter else None)
         assert (got.text, got.completion_tokens) == greedy_alone(eng, model, r), (family, r.prompt)
+
+
+def packed_steps(eng: LoraEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the joining rows of each packed step the engine runs (it still runs them)."""
+    joins: list[int] = []
+    run = eng.runner.packed
+
+    def packed(running: Sequence[Row], joining: Sequence[Row]) -> None:
+        joins.append(len(joining))
+        run(running, joining)
+
+    monkeypatch.setattr(eng.runner, "packed", packed)
+    return joins
 
 
 def greedy_alone(eng: LoraEngine, model: PreTrainedModel, r: GenRequest) -> tuple[str, int]:
@@ -106,7 +124,7 @@ def _sha(path: Path) -> str:
     ],
 )
 def test_rows_joining_and_leaving_mid_decode_get_the_tokens_each_gets_alone(
-    tmp_path: Path, family: str, overrides: dict[str, object]
+    tmp_path: Path, family: str, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two places, five rows of different lengths: each row joins in the middle of another's decoding, and
     leaves while another goes on (sliding windows shorter than the rows, where the family has them)."""
@@ -120,7 +138,9 @@ def test_rows_joining_and_leaving_mid_decode_get_the_tokens_each_gets_alone(
     requests = [
         req(str(i), p, None, max_tokens=n) for i, (p, n) in enumerate(zip(prompts, [3, 20, 9, 14, 6], strict=True))
     ]
+    packed = packed_steps(eng, monkeypatch)
     together = eng.generate(requests)
+    assert len(packed) >= 3  # rows joined running rows in the decode step's forward
     base = load_base(base_dir)
     assert [(r.text, r.completion_tokens) for r in together] == [greedy_alone(eng, base, r) for r in requests]
     assert len({s for s in steps if len(s) == 2}) >= 3, steps  # rows shared steps with different partners

@@ -47,6 +47,18 @@ class FakeRunner:
         assert [r.req.job_id for r in rows] == self.kv, "decode rows out of KV order"
         self._forward(rows)
 
+    packs = False  # a runner that packs joins into the decode forward (SDPA models)
+
+    def packed_tokens(self, running: Sequence[Row], joining: Sequence[Row]) -> list[int] | None:
+        if not self.packs:
+            return None
+        return [1] * len(running) + [max(len(r.prompt_ids) for r in joining)] * len(joining)
+
+    def packed(self, running: Sequence[Row], joining: Sequence[Row]) -> None:
+        assert [r.req.job_id for r in running] == self.kv, "decode rows out of KV order"
+        self._forward([*running, *joining])
+        self.kv += [r.req.job_id for r in joining]
+
     def keep(self, rows: list[int]) -> list[int]:
         order = compact(rows, rows=len(self.kv)).order
         self.kv = [self.kv[i] for i in order]
@@ -82,6 +94,7 @@ class FakeAdapters:
         self.loading: set[str] = set()
         self.failed: dict[str, BaseException] = {}
         self.active: list[int] | None = None
+        self.tokens: list[int] | None = None
         self.calls: list[tuple[list[int], set[int]]] = []  # each activate(): the forward's slots, the step's others
 
     def slot_of(self, key: str) -> int | None:
@@ -110,9 +123,10 @@ class FakeAdapters:
     def wait_for_load(self) -> None:
         pass
 
-    def activate(self, slots: list[int], *, step: Collection[int] = ()) -> None:
+    def activate(self, slots: list[int], *, step: Collection[int] = (), tokens: list[int] | None = None) -> None:
         self.active = slots
         self.calls.append((slots, set(step)))
+        self.tokens = tokens
 
     def deactivate(self) -> None:
         self.active = None
@@ -286,6 +300,24 @@ def test_a_joins_prefill_holds_the_running_rows_adapters_for_the_decode_after_it
     adapters.calls.clear()
     sched.step()
     assert adapters.calls == [([2], {1}), ([1, 2], set())]  # the prefill, then the decode of both
+
+
+def test_a_packing_runner_runs_a_join_and_the_decode_in_one_forward_running_rows_first() -> None:
+    adapters = FakeAdapters()
+    sched, runner = scheduler(max_rows=3, adapters=adapters)
+    runner.packs = True
+    sched.submit([row("first", adapter="a", cap=10)])
+    sched.receive(block=False)
+    sched.step()
+    sched.submit([row("joins", adapter="b", cap=2, prompt_tokens=3), row("ends", cap=1)])
+    sched.receive(block=False)
+    runner.forwards.clear()
+    sched.step()
+    assert runner.forwards == [["first", "ends", "joins"]]  # one forward (a resident row joins first)
+    assert adapters.calls[-1] == ([1, 0, 2], set()) and adapters.tokens == [1, 3, 3]
+    assert ids(sched.running) == ["first", "joins"]  # "ends" (cap 1) finished at its first token
+    sched.step()
+    assert runner.forwards[-1] == ["first", "joins"]  # a plain decode: nobody joined
 
 
 def test_generate_returns_results_in_order_and_raises_the_first_row_error_after_all_ended() -> None:
