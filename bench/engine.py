@@ -19,7 +19,9 @@ measured side by side in this one run and printed as one JSON line:
 - ``continuous_over_static``: 64 requests with output lengths spread over
   1-64 tokens, continuous batching ÷ static batches of 16 that run until
   their longest row is done, as ``generate`` does (goal >= 1.5); the line
-  also gives the ratio over static batches that drop finished rows;
+  also gives the ratio over static batches that drop finished rows, and
+  ``unpacked_over_static``, the same with packed steps off (each join a
+  prefill forward of its own), from an engine in a process of its own;
 - ``single_adapter_over_base``: the batch with every row on one adapter (the
   merged fast path: it merges after 8 forwards) ÷ the base alone (goal >= 0.97);
   the line also gives the same batch with merging off;
@@ -314,43 +316,76 @@ def swaps(run: Run) -> None:
     emit("swap_disk_ms", 1000 * statistics.median(disk_times), adapter_mib=mib, goal=50, **run.common)
 
 
-def continuous_vs_static(run: Run) -> None:
-    """64 requests, output lengths spread over 1-64 tokens."""
+def spread_requests(prompts: list[str], refs: list[AdapterRef]) -> list[GenRequest]:
+    """64 requests, output lengths spread over 1-64 tokens, on the 8 adapters in turn."""
     rng = random.Random(1)
     lengths = [rng.randint(1, 64) for _ in range(64)]
-    spread = [
+    return [
         GenRequest(
-            job_id=f"c{i}",
-            prompt=run.prompts[i % len(run.prompts)],
-            sampling=SamplingParams(max_tokens=n),
-            adapter=run.refs[i % 8],
+            job_id=f"c{i}", prompt=prompts[i % len(prompts)], sampling=SamplingParams(max_tokens=n), adapter=refs[i % 8]
         )
         for i, n in enumerate(lengths)
     ]
+
+
+def continuous_and_static(
+    engine: LoraEngine, spread: list[GenRequest], rows: int, time_it: Callable[[Callable[[], object]], float]
+) -> tuple[float, float, float]:
+    """Seconds for ``spread`` continuous, in static batches, in static batches that drop finished rows."""
 
     def static(*, compacted: bool) -> None:
         """Batches of ``rows`` in arrival order; nothing joins a running batch. Classic static
         batching (transformers' ``generate``) computes every row until the batch's longest is
         done; ``compacted`` drops finished rows from the batch, which only helps where a step's
         cost grows with its rows (a CPU), not on a GPU."""
-        for i in range(0, len(spread), run.args.rows):
-            chunk = spread[i : i + run.args.rows]
+        for i in range(0, len(spread), rows):
+            chunk = spread[i : i + rows]
             if not compacted:
                 longest = SamplingParams(max_tokens=max(r.sampling.max_tokens for r in chunk))
                 chunk = [
                     GenRequest(job_id=r.job_id, prompt=r.prompt, sampling=longest, adapter=r.adapter) for r in chunk
                 ]
-            run.engine.generate(chunk)
+            engine.generate(chunk)
 
-    t_cont = run.time(lambda: run.engine.generate(spread))
-    t_static = run.time(lambda: static(compacted=False))
-    t_compacted = run.time(lambda: static(compacted=True))
+    engine.generate(spread)  # warm up: adapters into slots
+    t_cont = time_it(lambda: engine.generate(spread))
+    return t_cont, time_it(lambda: static(compacted=False)), time_it(lambda: static(compacted=True))
+
+
+def unpacked_seconds(
+    args: argparse.Namespace, config: EngineConfig, refs: list[AdapterRef], prompts: list[str]
+) -> tuple[float, float, float]:
+    """:func:`continuous_and_static` on an engine whose joins run as prefills of their own (packed steps
+    off), in a process of its own (two engines in one process share torch's OpenMP runtime)."""
+    engine = LoraEngine(replace(config, packed_steps=False))
+    device = torch.device(args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        return continuous_and_static(
+            engine, spread_requests(prompts, refs), args.rows, lambda fn: best_of(args.repeats, fn, sync)
+        )
+    finally:
+        engine.close()
+
+
+def continuous_vs_static(run: Run) -> None:
+    """Continuous batching (packed steps) ÷ static batches; the same with packed steps off, alongside."""
+    spread = spread_requests(run.prompts, run.refs)
+    t_cont, t_static, t_compacted = continuous_and_static(run.engine, spread, run.args.rows, run.time)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        u_cont, u_static, _ = pool.submit(unpacked_seconds, run.args, run.engine.config, run.refs, run.prompts).result()
     emit(
         "continuous_over_static",
         t_static / t_cont,
         over_compacted_static=round(t_compacted / t_cont, 4),
+        unpacked_over_static=round(u_static / u_cont, 4),
+        packed=run.engine.runner.packs,
         requests=len(spread),
-        tokens=sum(lengths),
+        tokens=sum(r.sampling.max_tokens for r in spread),
         goal=1.5,
         **run.common,
     )
