@@ -34,7 +34,13 @@ class MixedEmbedding(SlotLayer):
         ids = x.reshape(m.rows, -1)
         flat = (m.row_slots.unsqueeze(1) * self.in_features + ids).reshape(-1)
         after_a = self.lora_a.view(-1, self.r_max).index_select(0, flat)[:, :rank]  # [rows * steps, r]
-        b = self.lora_b[:, :rank, :].index_select(0, m.row_slots)  # [rows, r, dim]
-        d = torch.bmm(after_a.view(m.rows, ids.shape[1], -1), b)
+        # Each vector's r values placed in its slot's columns (zeros elsewhere), then one matmul against
+        # every slot's B: a B gathered per row would copy [rows, r, dim], per token in a packed step.
+        slots = self.lora_b.shape[0]
+        spread = after_a.new_zeros(after_a.shape[0], slots, rank)
+        vectors = torch.arange(after_a.shape[0], device=after_a.device)
+        spread[vectors, m.row_slots.repeat_interleave(ids.shape[1])] = after_a
+        b = self.lora_b[:, :rank, :].reshape(slots * rank, -1)  # [slots * r, dim]
+        d = (spread.view(-1, slots * rank) @ b).view(m.rows, ids.shape[1], -1)
         scale: torch.Tensor | None = getattr(self.base, "embed_scale", None)  # Gemma-style scaled embeddings
         return d if scale is None else d * scale.to(d.dtype)

@@ -43,6 +43,7 @@ manager sets it only while every row of the batch uses that adapter.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -51,50 +52,80 @@ from transformers.pytorch_utils import Conv1D
 
 
 @dataclass(frozen=True)
-class RowMap:
-    """How the rows of one forward group by adapter, for the grouped products.
+class Groups:
+    """One contiguous run of a forward's rows (``start:stop``), grouped by adapter for the grouped products.
 
-    ``group_rows`` lists, for each adapter whose weights the layers hold
-    gathered (the batch's ``adapters``) and each of ``per_group`` places, a
-    row of that adapter (places beyond an adapter's row count, and every
-    place of an adapter with no row in this forward, repeat a row; their
-    results are never read). ``row_places`` gives each row its place, and
-    rows without an adapter the extra place after the last (a zero delta,
-    present when ``has_base``).
+    ``group_rows`` lists, for each computed group (every adapter of the
+    batch's pool, or only those with rows here, ``live``: their positions in
+    the pool) and each of ``per_group`` places, a row of that adapter, counted
+    from ``start`` (places beyond an adapter's row count, and every place of
+    a pool adapter with no row here, repeat a row; their results are never
+    read). ``row_places`` gives each row its place, and rows without an
+    adapter the extra place after the last (a zero delta, present when
+    ``has_base``).
     """
 
+    start: int
+    stop: int
+    groups: int
+    per_group: int
+    live: torch.Tensor | None  # [groups]: positions in the pool of the groups computed; None: all of it
+    group_rows: torch.Tensor  # [groups * per_group]: the row at each grouped place
+    row_places: torch.Tensor  # [rows]: each row's place in the grouped layout
+    has_base: bool  # some rows have no adapter (their place is the zero one at the end)
+    uniform: bool  # every row has an adapter and groups are full and in order: pure views
+
+
+@dataclass(frozen=True)
+class RowMap:
+    """How the rows of one forward group by adapter: one run of :class:`Groups`, or two for a packed
+    forward (its decode tokens, then its prompts: a prompt's many tokens would pad every decode group)."""
+
     rows: int = 0
-    per_group: int = 0
-    group_rows: torch.Tensor | None = None  # [adapters * per_group]: the row at each grouped place
-    row_places: torch.Tensor | None = None  # [rows]: each row's place in the grouped layout
     row_slots: torch.Tensor | None = None  # [rows]: each row's slot (DoRA scales, embedding gathers)
-    has_base: bool = False  # some rows have no adapter (their place is the zero one at the end)
-    uniform: bool = False  # every row has an adapter and groups are full and in order: pure views
+    parts: tuple[Groups, ...] = ()
 
 
-def row_map(slots: list[int], adapters: tuple[int, ...], device: torch.device) -> RowMap:
-    """``slots``: each row's slot (0 = no adapter), every one among ``adapters`` (ascending)."""
+def _groups(slots: list[int], adapters: tuple[int, ...], start: int, device: torch.device) -> Groups:
     members: dict[int, list[int]] = {a: [] for a in adapters}
     for row, slot in enumerate(slots):
         if slot:
             members[slot].append(row)
     per_group = max((len(m) for m in members.values()), default=0)
+    used = sum(len(m) for m in members.values())
+    # Every pool adapter is a group (its gathered weights are views), unless padding the unused ones
+    # would more than double the rows computed: then only the live ones, their weights gathered per forward.
+    chosen = adapters if len(adapters) * per_group <= 2 * used else tuple(a for a in adapters if members[a])
     group_rows: list[int] = []
-    places = [len(adapters) * per_group] * len(slots)  # the zero place, for base rows
-    for g, adapter in enumerate(adapters):
-        rows = members[adapter] or [0]  # an adapter of the pool with no row here: its places are padding
+    places = [len(chosen) * per_group] * len(slots)  # the zero place, for base rows
+    for g, adapter in enumerate(chosen):
+        rows = members[adapter] or [0]  # a pool adapter with no row here: its places are padding
         group_rows += [*rows, *[rows[0]] * per_group][:per_group]
         for i, row in enumerate(members[adapter]):
             places[row] = g * per_group + i
     has_base = 0 in slots
-    return RowMap(
-        rows=len(slots),
+    live = None if chosen == adapters else [adapters.index(a) for a in chosen]
+    return Groups(
+        start=start,
+        stop=start + len(slots),
+        groups=len(chosen),
         per_group=per_group,
+        live=None if live is None else torch.tensor(live, dtype=torch.long, device=device),
         group_rows=torch.tensor(group_rows, dtype=torch.long, device=device),
         row_places=torch.tensor(places, dtype=torch.long, device=device),
-        row_slots=torch.tensor(slots, dtype=torch.long, device=device),
         has_base=has_base,
         uniform=not has_base and places == list(range(len(slots))) and len(group_rows) == len(slots),
+    )
+
+
+def row_map(slots: list[int], adapters: tuple[int, ...], device: torch.device, *, split: int = 0) -> RowMap:
+    """``slots``: each row's slot (0 = no adapter), every one among ``adapters`` (ascending); ``split``: where
+    a second run of groups begins (0: one run)."""
+    bounds = [0, split, len(slots)] if 0 < split < len(slots) else [0, len(slots)]
+    return RowMap(
+        rows=len(slots),
+        row_slots=torch.tensor(slots, dtype=torch.long, device=device),
+        parts=tuple(_groups(slots[a:b], adapters, a, device) for a, b in itertools.pairwise(bounds)),
     )
 
 
@@ -109,7 +140,7 @@ class LoRABatch:
     already held cost a few index ops, not a weight copy. ``active``: some
     row of the forward has an adapter (else the layers run the base alone).
 
-    A packed forward (:meth:`~workers.engine.runner.Runner.fused`: decode
+    A packed forward (:meth:`~workers.engine.runner.Runner.packed`: decode
     rows' tokens and joining rows' prompts in one sequence) also has
     ``packed``, the map of its tokens, which the decoder's modules see; its
     LM head sees one vector per row and uses ``map``. A module picks the map
@@ -148,7 +179,8 @@ class LoRABatch:
             if len(tokens) != len(slots):
                 raise ValueError(f"{len(tokens)} token counts for {len(slots)} rows")
             expanded = [slot for slot, n in zip(slots, tokens, strict=True) for _ in range(n)]
-            self.packed = row_map(expanded, adapters, device)
+            decode = next((i for i, n in enumerate(tokens) if n > 1), len(tokens))  # the one-token rows lead
+            self.packed = row_map(expanded, adapters, device, split=decode)
 
     def map_for(self, vectors: int) -> RowMap:
         """The map for a module input of ``vectors`` vectors (rows x steps, or a packed forward's tokens)."""
@@ -240,7 +272,6 @@ class SlotLayer(nn.Module):
     def refresh(self) -> None:
         """The batch's set of adapters (or a slot's weights) changed: re-read what this layer needs."""
         batch = self.batch
-        self._version = batch.weights_version
         self._skip = not (set(batch.adapters) & self.filled.keys())
         self._dora_active = bool(set(batch.adapters) & self.dora)
 
@@ -261,6 +292,7 @@ class SlotLayer(nn.Module):
             return y
         if self._version != batch.weights_version:
             self.refresh()
+            self._version = batch.weights_version  # after the gather: a failed one is retried
         if self._skip:
             return y
         m = batch.map_for(self.vectors(x))
@@ -311,16 +343,23 @@ class MixedLoRA(SlotLayer):
         self._b = self.lora_b[:, : batch.rank, :].index_select(0, index)
 
     def delta(self, x: torch.Tensor, m: RowMap) -> torch.Tensor:
-        assert self._a is not None and self._b is not None
-        groups = len(self.batch.adapters)
         x3 = x.reshape(m.rows, -1, self.in_features)
-        steps = x3.shape[1]
-        if m.uniform:  # rows already sit in adapter order, one full group each: views only
-            xg = x3.reshape(groups, -1, self.in_features)
-            return torch.bmm(torch.bmm(xg, self._a), self._b).reshape(m.rows, steps, self.out_features)
-        assert m.group_rows is not None and m.row_places is not None
-        xg = x3.index_select(0, m.group_rows).reshape(groups, m.per_group * steps, self.in_features)
-        d = torch.bmm(torch.bmm(xg, self._a), self._b).reshape(groups * m.per_group, steps, self.out_features)
-        if m.has_base:
+        parts = [self._part(x3[p.start : p.stop], p) for p in m.parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _part(self, x3: torch.Tensor, p: Groups) -> torch.Tensor:
+        assert self._a is not None and self._b is not None
+        rows, steps = x3.shape[0], x3.shape[1]
+        if not p.per_group:  # no row here has an adapter
+            return x3.new_zeros(rows, steps, self.out_features)
+        a, b = self._a, self._b
+        if p.live is not None:
+            a, b = a.index_select(0, p.live), b.index_select(0, p.live)
+        if p.uniform:  # rows already sit in adapter order, one full group each: views only
+            xg = x3.reshape(p.groups, -1, self.in_features)
+            return torch.bmm(torch.bmm(xg, a), b).reshape(rows, steps, self.out_features)
+        xg = x3.index_select(0, p.group_rows).reshape(p.groups, p.per_group * steps, self.in_features)
+        d = torch.bmm(torch.bmm(xg, a), b).reshape(p.groups * p.per_group, steps, self.out_features)
+        if p.has_base:
             d = torch.cat([d, d.new_zeros(1, steps, self.out_features)])
-        return d.index_select(0, m.row_places)
+        return d.index_select(0, p.row_places)

@@ -10,8 +10,11 @@ the next decode needs the whole set again (two gathers per join), and each
 time the last row of an adapter leaves, the set shrinks by one.
 
 The pool is the set the layers hold. A forward's groups are the pool's
-adapters, those with no row in the forward are empty groups that still cost
-reading their weights once per forward:
+adapters; those with no row in the forward are padding groups that still
+cost reading their weights and computing their padded rows (where padding
+them would more than double the rows a forward computes, the layers compute
+only the live groups, gathering just those for that forward:
+:class:`~workers.engine.layers.Groups`):
 
 - the pool must hold every adapter of the forward, and the scheduler passes
   the step's whole set (running and joining rows) for a join's prefill too,

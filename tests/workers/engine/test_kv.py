@@ -111,12 +111,14 @@ def test_a_packed_step_writes_decode_tokens_at_their_columns_and_prompts_into_ne
     assert positions.tolist() == [[3, 5, 0, 0, 0, 1, 0, 1, 2, 3]]  # 2 decode tokens, then prompts padded to 4
     assert (packed.decode, packed.joining, packed.width) == (2, 2, 4)
     assert packed.real.tolist() == [0, 1, 4, 5, 6, 7, 8, 9]  # the padding (tokens 2, 3) is never kept
-    new = torch.arange(10, dtype=torch.float).view(1, 1, 10, 1).expand(1, 2, 10, 4) + 900
+    heads = torch.tensor([900.0, 1900.0]).view(1, 2, 1, 1)  # token t of head h: 900 + 1000 h + t
+    new = (torch.arange(10, dtype=torch.float).view(1, 1, 10, 1) + heads).expand(1, 2, 10, 4)
     keys, _ = kv.cache.update(new, new, 0)
     assert keys is new  # the packed attention reads the step's own keys for the prompts
-    slots = kv.layers[0].keys[:, 1, :, 0].tolist()
-    assert slots[0][:5] == [100, 101, 102, 900, 0] and slots[1][:7] == [110, 111, 112, 113, 114, 901, 0]
-    assert slots[2] == [904, 905, 0, 0, 0, 0, 0, 0] and slots[3] == [906, 907, 908, 909, 0, 0, 0, 0]
+    head0, head1 = kv.layers[0].keys[:, 0, :, 0].tolist(), kv.layers[0].keys[:, 1, :, 0].tolist()
+    assert head0[0][:5] == [100, 101, 102, 900, 0] and head1[1][:7] == [110, 111, 112, 113, 114, 1901, 0]
+    assert head0[2] == [904, 905, 0, 0, 0, 0, 0, 0] and head1[3] == [1906, 1907, 1908, 1909, 0, 0, 0, 0]
+    assert head1[2][:3] == [1904, 1905, 0] and head0[3][:5] == [906, 907, 908, 909, 0]
     assert kv.lengths == [4, 6, 2, 4]
     prompt_mask = packed.prompt_mask
     assert isinstance(prompt_mask, torch.Tensor) and prompt_mask.shape == (2, 1, 4, 4)

@@ -199,3 +199,36 @@ def test_a_weight_pool_holding_adapters_no_row_uses_changes_no_rows_output() -> 
         torch.testing.assert_close(layer(x), exact)
     with pytest.raises(ValueError, match="lacks adapters"):
         batch.set([1, 2], cpu, rank=2, pool=(2, 3))
+
+
+def test_a_packed_forward_groups_its_decode_tokens_and_its_prompts_apart_and_pads_no_prompt_to_every_adapter() -> None:
+    """Decode tokens of three adapters, then two prompts of adapter 1 (six tokens): the prompts are a run
+    of groups of their own, over adapter 1 alone, and every token gets its own adapter's delta."""
+    torch.manual_seed(1)
+    batch = LoRABatch()
+    layer = MixedLoRA(torch.nn.Linear(6, 5), slots=4, r_max=2, batch=batch)
+    for slot in (1, 2, 3):
+        layer.load_slot(slot, torch.randn(6, 2), torch.randn(2, 5))
+    batch.set([1, 2, 3, 0, 1, 1], torch.device("cpu"), rank=2, pool=(1, 2, 3), tokens=[1, 1, 1, 1, 3, 3])
+    assert batch.packed is not None
+    decode, prompts = batch.packed.parts
+    assert (decode.start, decode.stop, decode.live) == (0, 4, None)
+    assert (prompts.start, prompts.stop, prompts.groups, prompts.per_group) == (4, 10, 1, 6)
+    assert prompts.live is not None and prompts.live.tolist() == [0]  # adapter 1's place in the pool
+    x = torch.randn(1, 10, 6)
+    token_slots = [1, 2, 3, 0, 1, 1, 1, 1, 1, 1]
+    want = torch.stack(
+        [
+            layer.base(x[0, t]) + x[0, t] @ layer.lora_a[s, :, :2] @ layer.lora_b[s, :2]
+            for t, s in enumerate(token_slots)
+        ]
+    )
+    torch.testing.assert_close(layer(x)[0], want)
+    head_input = torch.randn(1, 6, 6)  # the LM head's one vector per row picks the row map
+    want_head = torch.stack(
+        [
+            layer.base(head_input[0, i]) + head_input[0, i] @ layer.lora_a[s, :, :2] @ layer.lora_b[s, :2]
+            for i, s in enumerate([1, 2, 3, 0, 1, 1])
+        ]
+    )
+    torch.testing.assert_close(layer(head_input)[0], want_head)

@@ -146,6 +146,35 @@ def test_rows_joining_and_leaving_mid_decode_get_the_tokens_each_gets_alone(
     assert len({s for s in steps if len(s) == 2}) >= 3, steps  # rows shared steps with different partners
 
 
+@pytest.mark.parametrize(
+    ("family", "overrides"),
+    [
+        ("llama", {}),
+        (
+            "qwen2",
+            {"use_sliding_window": True, "sliding_window": 6, "layer_types": ["full_attention", "sliding_attention"]},
+        ),
+        ("gpt2", {}),
+    ],
+)
+def test_several_rows_joining_one_packed_step_with_prompts_of_different_lengths_get_what_each_gets_alone(
+    tmp_path: Path, family: str, overrides: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four places: three rows end at the same step while one runs on, so three waiting rows, their
+    prompts 1 to 25 tokens, join in one packed step (padding, the prompt mask and their order all count)."""
+    base_dir = build_base(family, tmp_path / "base", seed=7, **overrides)
+    eng = LoraEngine(EngineConfig(base_model=base_dir, max_rows=4, max_loras=1, memory_budget_mb=64))
+    first = [
+        req(f"f{i}", p, None, max_tokens=n) for i, (p, n) in enumerate([("ab", 2), ("cd", 2), ("ef", 2), ("gh", 12)])
+    ]
+    waiting = [req(f"w{i}", p, None, max_tokens=5) for i, p in enumerate(["x", "a prompt of 25 characters", "mid one"])]
+    packed = packed_steps(eng, monkeypatch)
+    together = eng.generate(first + waiting)
+    assert max(packed) == 3, packed
+    base = load_base(base_dir)
+    assert [(r.text, r.completion_tokens) for r in together] == [greedy_alone(eng, base, r) for r in first + waiting]
+
+
 def test_the_kv_cache_is_allocated_once_at_its_planned_size_and_never_grows() -> None:
     eng = LoraEngine(EngineConfig(base_model=DEMO / "base", max_rows=3, max_loras=2, memory_budget_mb=256))
     plan, kv = eng.budget, eng.runner.kv
