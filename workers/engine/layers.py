@@ -295,7 +295,7 @@ class SlotLayer(nn.Module):
             self._version = batch.weights_version  # after the gather: a failed one is retried
         if self._skip:
             return y
-        m = batch.map_for(self.vectors(x))
+        m = batch.map if batch.packed is None else batch.map_for(self.vectors(x))
         d = self.delta(x, m)
         y3 = y.reshape(m.rows, -1, self.out_features)
         if not self._dora_active:
@@ -344,8 +344,9 @@ class MixedLoRA(SlotLayer):
 
     def delta(self, x: torch.Tensor, m: RowMap) -> torch.Tensor:
         x3 = x.reshape(m.rows, -1, self.in_features)
-        parts = [self._part(x3[p.start : p.stop], p) for p in m.parts]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(m.parts) == 1:  # every forward but a packed one
+            return self._part(x3, m.parts[0])
+        return torch.cat([self._part(x3[p.start : p.stop], p) for p in m.parts])
 
     def _part(self, x3: torch.Tensor, p: Groups) -> torch.Tensor:
         assert self._a is not None and self._b is not None
