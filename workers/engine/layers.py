@@ -83,6 +83,7 @@ class RowMap:
 
     rows: int = 0
     row_slots: torch.Tensor | None = None  # [rows]: each row's slot (DoRA scales, embedding gathers)
+    row_pool: torch.Tensor | None = None  # [rows]: 0 for a base row, else 1 + its adapter's place in the pool
     parts: tuple[Groups, ...] = ()
 
 
@@ -122,9 +123,11 @@ def row_map(slots: list[int], adapters: tuple[int, ...], device: torch.device, *
     """``slots``: each row's slot (0 = no adapter), every one among ``adapters`` (ascending); ``split``: where
     a second run of groups begins (0: one run)."""
     bounds = [0, split, len(slots)] if 0 < split < len(slots) else [0, len(slots)]
+    place = {adapter: i for i, adapter in enumerate(adapters, start=1)}
     return RowMap(
         rows=len(slots),
         row_slots=torch.tensor(slots, dtype=torch.long, device=device),
+        row_pool=torch.tensor([place.get(slot, 0) for slot in slots], dtype=torch.long, device=device),
         parts=tuple(_groups(slots[a:b], adapters, a, device) for a, b in itertools.pairwise(bounds)),
     )
 
